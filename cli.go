@@ -1,0 +1,164 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"zabbix-agent2-plugin-kvm/plugin"
+	"zabbix-agent2-plugin-kvm/plugin/sdk/container"
+)
+
+const usage = `Usage: zabbix-agent2-plugin-kvm [-c FILE] [--dry-run] VERB [ARG...]
+
+Zabbix agent 2 loadable plugin for KVM hypervisors, and the CLI for Zabbix remote commands.
+zabbix_agent2 starts the plugin itself (Plugins.KVM.System.Path in kvm.conf); run VERBs by hand
+or from a Zabbix Action / frontend script through system.run.
+
+Options:
+  -c FILE      configuration file with Plugins.KVM.* options (default %s)
+  --dry-run    show what an action would do without doing it
+  --timeout S  overall deadline in seconds for get (default: Plugins.KVM.Timeout)
+
+Verbs:
+  get KEY      evaluate an item key in-process, like zabbix_agent2 -t:  get 'kvm.domain.state[web-07]'
+  keys         list every item key with its parameters and description
+  version      print the version
+  help         this text
+%s`
+
+// verb is one CLI command. Verbs that change VMs are added by the actions wiring.
+type verb struct {
+	args string
+	help string
+	run  func(env *cliEnv, args []string) int
+}
+
+type cliEnv struct {
+	cfgFile string
+	dryRun  bool
+	timeout time.Duration
+	stdout  io.Writer
+	stderr  io.Writer
+}
+
+var verbs = map[string]verb{}
+
+func verbHelp() string {
+	names := make([]string, 0, len(verbs))
+	for n := range verbs {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var b strings.Builder
+	for _, n := range names {
+		fmt.Fprintf(&b, "  %-28s %s\n", n+" "+verbs[n].args, verbs[n].help)
+	}
+	if b.Len() == 0 {
+		return ""
+	}
+	return "\nActions (need Plugins.KVM.Actions.Enable=1 and a matching Actions.AllowDomains):\n" + b.String()
+}
+
+func runCLI(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("zabbix-agent2-plugin-kvm", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	env := &cliEnv{stdout: stdout, stderr: stderr}
+	var timeout int
+	fs.StringVar(&env.cfgFile, "c", plugin.DefaultConfigFile, "config file")
+	fs.BoolVar(&env.dryRun, "dry-run", false, "dry run")
+	fs.IntVar(&timeout, "timeout", 0, "seconds")
+	help := func(w io.Writer) { fmt.Fprintf(w, usage, plugin.DefaultConfigFile, verbHelp()) }
+	if err := fs.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			help(stdout)
+			return 0
+		}
+		fmt.Fprintf(stderr, "error: %v\n\n", err)
+		help(stderr)
+		return 2
+	}
+	env.timeout = time.Duration(timeout) * time.Second
+	rest := fs.Args()
+	if len(rest) == 0 {
+		help(stdout)
+		return 0
+	}
+	switch rest[0] {
+	case "help", "-h", "--help":
+		help(stdout)
+		return 0
+	case "version":
+		fmt.Fprintf(stdout, "zabbix-agent2-plugin-kvm %s (plugin %s, agent 2 plugin protocol 6.0.13 and 6.4.0)\n", Version, plugin.Name)
+		return 0
+	case "keys":
+		keys := plugin.KeyUsage()
+		sort.Slice(keys, func(i, j int) bool { return keys[i][0] < keys[j][0] })
+		for _, k := range keys {
+			fmt.Fprintf(stdout, "%-50s %s\n", k[0], k[1])
+		}
+		return 0
+	case "get":
+		return cliGet(env, rest[1:])
+	}
+	if v, ok := verbs[rest[0]]; ok {
+		return v.run(env, rest[1:])
+	}
+	fmt.Fprintf(stderr, "error: unknown verb %q\n\n", rest[0])
+	help(stderr)
+	return 2
+}
+
+// loadPlugin reads the config file and returns a configured plugin, as the agent would configure it.
+func loadPlugin(env *cliEnv) (*plugin.Plugin, *plugin.Config, error) {
+	opts, err := plugin.ReadConfigFile(env.cfgFile)
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg, err := plugin.ParseOptions(opts, 3)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", env.cfgFile, err)
+	}
+	p := plugin.New()
+	p.Apply(cfg)
+	return p, cfg, nil
+}
+
+func cliGet(env *cliEnv, args []string) int {
+	if len(args) != 1 {
+		fmt.Fprintln(env.stderr, "usage: get 'KEY[PARAMS]'   (quote the key for the shell)")
+		return 2
+	}
+	key, params, err := plugin.ParseItemKey(args[0])
+	if err != nil {
+		fmt.Fprintf(env.stderr, "error: %v\n", err)
+		return 2
+	}
+	p, cfg, err := loadPlugin(env)
+	if err != nil {
+		fmt.Fprintf(env.stderr, "error: %v\n", err)
+		return 1
+	}
+	defer p.Stop()
+	timeout := cfg.Timeout
+	if env.timeout > 0 {
+		timeout = env.timeout
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	v, err := p.ExportContext(ctx, key, params)
+	if err != nil {
+		fmt.Fprintf(env.stderr, "%s [ZBX_NOTSUPPORTED] %v\n", args[0], err)
+		return 1
+	}
+	s, _ := container.Format(v)
+	fmt.Fprintln(env.stdout, s)
+	return 0
+}
+
+var _ = os.Stdout

@@ -1,0 +1,114 @@
+package kvm
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"libvirt.org/go/libvirt"
+)
+
+// Snapshot is the result of one bulk call, shared read-only by every key until it expires.
+type Snapshot struct {
+	Taken   time.Time
+	Records []Record // sorted by name
+	byName  map[string]int
+}
+
+// Lookup finds a domain's record by name.
+func (s *Snapshot) Lookup(name string) (*Record, error) {
+	i, ok := s.byName[name]
+	if !ok {
+		return nil, fmt.Errorf("%w: %q", ErrNoDomain, name)
+	}
+	return &s.Records[i], nil
+}
+
+func newSnapshot(recs []Record, at time.Time) *Snapshot {
+	SortRecords(recs)
+	s := &Snapshot{Taken: at, Records: recs, byName: make(map[string]int, len(recs))}
+	for i := range recs {
+		s.byName[recs[i].Name] = i
+	}
+	return s
+}
+
+// Cache makes at most one bulk libvirt call per period, however many keys and callers ask:
+// concurrent callers of an expired snapshot share one in-flight call (single flight).
+type Cache struct {
+	conn   *Conn
+	period time.Duration
+	nowait bool
+
+	mu     sync.Mutex
+	snap   *Snapshot
+	flight *flight
+
+	calls atomic.Int64
+}
+
+type flight struct {
+	done chan struct{} // closed when the call ends
+	snap *Snapshot
+	err  error
+}
+
+// NewCache returns a cache over conn; period 0 means every Get makes a call (still shared by
+// callers that arrive while it runs).
+func NewCache(conn *Conn, period time.Duration) *Cache {
+	return &Cache{conn: conn, period: period, nowait: true}
+}
+
+// Calls reports how many bulk libvirt calls the cache has made.
+func (c *Cache) Calls() int64 { return c.calls.Load() }
+
+// Get returns a snapshot no older than the period.
+func (c *Cache) Get(ctx context.Context) (*Snapshot, error) {
+	c.mu.Lock()
+	if c.snap != nil && c.period > 0 && time.Since(c.snap.Taken) < c.period {
+		s := c.snap
+		c.mu.Unlock()
+		return s, nil
+	}
+	f := c.flight
+	if f == nil {
+		f = &flight{done: make(chan struct{})}
+		c.flight = f
+		go c.refresh(f)
+	}
+	c.mu.Unlock()
+
+	select {
+	case <-f.done:
+		return f.snap, f.err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("waiting for libvirt statistics: %w", ctx.Err())
+	}
+}
+
+// refresh runs detached from any one caller, bounded by the connection's own timeout, so a caller
+// that gives up early does not cancel the call for the others.
+func (c *Cache) refresh(f *flight) {
+	var recs []Record
+	start := time.Now()
+	err := c.conn.Do(context.Background(), func(l *libvirt.Connect) error {
+		c.calls.Add(1)
+		var err error
+		recs, err = BulkStats(l, c.nowait)
+		return err
+	})
+	if err == nil {
+		f.snap = newSnapshot(recs, start)
+	} else {
+		f.err = fmt.Errorf("libvirt domain statistics: %w", err)
+	}
+	c.mu.Lock()
+	if f.snap != nil {
+		c.snap = f.snap
+	}
+	c.flight = nil
+	c.mu.Unlock()
+	close(f.done)
+}

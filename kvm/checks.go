@@ -1,0 +1,62 @@
+package kvm
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+)
+
+// TCPCheck is kvm.domain.tcp: can the hypervisor open a TCP connection to ip:port before ctx expires.
+func TCPCheck(ctx context.Context, ip string, port int) bool {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", net.JoinHostPort(ip, strconv.Itoa(port)))
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
+// HTTPResult is the value of kvm.domain.http. Status 0 means no HTTP answer (refused, timed out).
+type HTTPResult struct {
+	Status int     `json:"status"`
+	TimeMs float64 `json:"time_ms"`
+	Error  string  `json:"error"`
+}
+
+// HTTPCheck GETs http://ip:port/path with ctx's deadline, without following redirects or using
+// any proxy from the environment (the guest network is private), and reads at most 64 KiB.
+func HTTPCheck(ctx context.Context, ip string, port int, path string) HTTPResult {
+	if path == "" || path[0] != '/' {
+		path = "/" + path
+	}
+	client := &http.Client{
+		Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true, DialContext: (&net.Dialer{}).DialContext},
+		CheckRedirect: func(*http.Request, []*http.Request) error {
+			return http.ErrUseLastResponse
+		},
+	}
+	url := "http://" + net.JoinHostPort(ip, strconv.Itoa(port)) + path
+	start := time.Now()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return HTTPResult{Error: err.Error()}
+	}
+	req.Header.Set("User-Agent", "zabbix-agent2-plugin-kvm")
+	resp, err := client.Do(req)
+	elapsed := float64(time.Since(start).Microseconds()) / 1000
+	if err != nil {
+		return HTTPResult{TimeMs: elapsed, Error: err.Error()}
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	r := HTTPResult{Status: resp.StatusCode, TimeMs: float64(time.Since(start).Microseconds()) / 1000}
+	if resp.StatusCode >= 400 {
+		r.Error = fmt.Sprintf("HTTP %s", resp.Status)
+	}
+	return r
+}

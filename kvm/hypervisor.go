@@ -1,0 +1,68 @@
+package kvm
+
+import (
+	"context"
+	"fmt"
+
+	"libvirt.org/go/libvirt"
+)
+
+// Ping is kvm.hypervisor.ping: the daemon answers an RPC (the library version) before ctx expires.
+// A ping never fails: an unreachable libvirt is the answer 0.
+func (c *Conn) Ping(ctx context.Context) bool {
+	return c.Do(ctx, func(l *libvirt.Connect) error {
+		_, err := l.GetLibVersion()
+		return err
+	}) == nil
+}
+
+// Hypervisor is the value of kvm.hypervisor.get.
+type Hypervisor struct {
+	Hostname          string         `json:"hostname"`
+	URI               string         `json:"uri"`
+	LibvirtVersion    string         `json:"libvirt_version"`
+	HypervisorType    string         `json:"hypervisor_type"`
+	HypervisorVersion string         `json:"hypervisor_version"`
+	CPUs              uint           `json:"cpus"`
+	CPUModel          string         `json:"cpu_model"`
+	MemoryBytes       uint64         `json:"memory_bytes"`
+	Domains           map[string]int `json:"domains"`
+}
+
+func version(v uint32) string {
+	return fmt.Sprintf("%d.%d.%d", v/1000000, v/1000%1000, v%1000)
+}
+
+// HypervisorInfo reads host facts (one short RPC each) and counts domains by state from snap.
+func (c *Conn) HypervisorInfo(ctx context.Context, snap *Snapshot) (*Hypervisor, error) {
+	h := &Hypervisor{URI: c.uri, Domains: Counts(snap.Records)}
+	err := c.Do(ctx, func(l *libvirt.Connect) error {
+		var err error
+		if h.Hostname, err = l.GetHostname(); err != nil {
+			return fmt.Errorf("hostname: %w", err)
+		}
+		lv, err := l.GetLibVersion()
+		if err != nil {
+			return fmt.Errorf("library version: %w", err)
+		}
+		h.LibvirtVersion = version(lv)
+		if h.HypervisorType, err = l.GetType(); err != nil {
+			return fmt.Errorf("hypervisor type: %w", err)
+		}
+		hv, err := l.GetVersion()
+		if err != nil {
+			return fmt.Errorf("hypervisor version: %w", err)
+		}
+		h.HypervisorVersion = version(hv)
+		ni, err := l.GetNodeInfo()
+		if err != nil {
+			return fmt.Errorf("node info: %w", err)
+		}
+		h.CPUs, h.CPUModel, h.MemoryBytes = ni.Cpus, ni.Model, ni.Memory*1024
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return h, nil
+}

@@ -1,0 +1,279 @@
+package plugin
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"os"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"zabbix-agent2-plugin-kvm/plugin/sdk/conf"
+)
+
+// Name is the plugin name; the agent requires Plugins.<Name>.* to match it exactly.
+const Name = "KVM"
+
+// DefaultConfigFile is where packages install the plugin's configuration; the CLI reads it by default.
+const DefaultConfigFile = "/etc/zabbix/zabbix_agent2.d/plugins.d/kvm.conf"
+
+// Config is the plugin's configuration, from Plugins.KVM.* in the agent's config (or the same file
+// read by the CLI). Zero values are replaced by the defaults in options.
+type Config struct {
+	Path             string
+	URI              string
+	Timeout          time.Duration // 0: the agent's global Timeout
+	CacheSeconds     int
+	InventorySeconds int
+	HAProxySocket    string
+	GuestNetworks    []*net.IPNet
+	ActionsEnable    bool
+	AllowDomains     string
+	MaxForcedPerHour int
+	ExecAllow        []string
+	StateDir         string
+	AuditLog         string
+	PushServer       string
+	PushHost         string
+	PushInterval     time.Duration
+}
+
+// option describes one Plugins.KVM.* setting: its default, how it is parsed and checked, and the
+// text conf/kvm.conf shows for it.
+type option struct {
+	name  string
+	def   string
+	rng   string
+	doc   string
+	apply func(c *Config, v string) error
+}
+
+func intRange(lo, hi int, set func(*Config, int)) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < lo || n > hi {
+			return fmt.Errorf("must be an integer from %d to %d", lo, hi)
+		}
+		set(c, n)
+		return nil
+	}
+}
+
+func regex(set func(*Config, string)) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		if _, err := regexp.Compile(v); err != nil {
+			return fmt.Errorf("not a valid regular expression: %v", err)
+		}
+		set(c, v)
+		return nil
+	}
+}
+
+func absPath(set func(*Config, string)) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		if v != "" && !strings.HasPrefix(v, "/") {
+			return fmt.Errorf("must be an absolute path")
+		}
+		set(c, v)
+		return nil
+	}
+}
+
+// options is the table of every accepted option, in documentation order.
+var options = []option{
+	{"System.Path", "", "", "Path to the plugin binary; read by the agent to start the plugin.", absPath(func(c *Config, v string) { c.Path = v })},
+	{"System.Capacity", "", "1-1000", "Concurrent requests the agent sends to the plugin (agent setting).", func(c *Config, v string) error {
+		return intRange(1, 1000, func(*Config, int) {})(c, v)
+	}},
+	{"URI", "qemu:///system", "", "libvirt connection URI. test:///default is libvirt's built-in test driver (the demo).", func(c *Config, v string) error {
+		if !strings.Contains(v, ":///") && !strings.Contains(v, "://") {
+			return fmt.Errorf("must be a libvirt URI such as qemu:///system")
+		}
+		c.URI = v
+		return nil
+	}},
+	{"Timeout", "", "1-30", "Seconds any libvirt, guest-agent, socket or network call may take. Default: the agent's Timeout.", intRange(1, 30, func(c *Config, n int) { c.Timeout = time.Duration(n) * time.Second })},
+	{"CacheSeconds", "5", "0-3600", "Seconds one bulk statistics call serves every key (0: a call per poll, still shared by concurrent polls).", intRange(0, 3600, func(c *Config, n int) { c.CacheSeconds = n })},
+	{"InventorySeconds", "60", "1-86400", "Seconds domain XML (title, MACs) and resolved guest addresses are cached.", intRange(1, 86400, func(c *Config, n int) { c.InventorySeconds = n })},
+	{"GuestNetworks", "", "", "Comma-separated CIDRs of the guests' private segment. kvm.domain.tcp/http connect only to addresses inside them; empty: those checks are refused.", func(c *Config, v string) error {
+		c.GuestNetworks = nil
+		for _, p := range strings.Split(v, ",") {
+			if p = strings.TrimSpace(p); p == "" {
+				continue
+			}
+			_, n, err := net.ParseCIDR(p)
+			if err != nil {
+				return fmt.Errorf("%q is not a CIDR such as 10.77.0.0/24", p)
+			}
+			c.GuestNetworks = append(c.GuestNetworks, n)
+		}
+		return nil
+	}},
+	{"HAProxy.Socket", "", "", "haproxy runtime API: a unix socket path, or ipv4@HOST:PORT. Empty: haproxy keys report that it is not configured.", func(c *Config, v string) error {
+		if v != "" && !strings.HasPrefix(v, "/") && !strings.HasPrefix(v, "ipv4@") && !strings.HasPrefix(v, "ipv6@") {
+			return fmt.Errorf("must be an absolute unix socket path or ipv4@host:port")
+		}
+		c.HAProxySocket = v
+		return nil
+	}},
+	{"Actions.Enable", "0", "0-1", "1 allows actions that change VMs or haproxy (lifecycle, exec, recover, pool). Off by default.", intRange(0, 1, func(c *Config, n int) { c.ActionsEnable = n == 1 })},
+	{"Actions.AllowDomains", "", "", "Regular expression (whole name) of the domains actions may touch. Empty: none.", regex(func(c *Config, v string) { c.AllowDomains = v })},
+	{"Actions.MaxForcedPerHour", "3", "0-100", "Forced actions (reset, destroy, destroy+start) allowed per domain per rolling hour; more are refused so Zabbix escalates to a human.", intRange(0, 100, func(c *Config, n int) { c.MaxForcedPerHour = n })},
+	{"Exec.AllowCommands", "", "", "Comma-separated regular expressions; a guest command (argv joined by spaces) must match one whole. Empty: exec is refused.", func(c *Config, v string) error {
+		c.ExecAllow = nil
+		for _, p := range strings.Split(v, ",") {
+			if p = strings.TrimSpace(p); p == "" {
+				continue
+			}
+			if _, err := regexp.Compile(p); err != nil {
+				return fmt.Errorf("%q is not a valid regular expression: %v", p, err)
+			}
+			c.ExecAllow = append(c.ExecAllow, p)
+		}
+		return nil
+	}},
+	{"StateDir", "/var/lib/zabbix-agent2-plugin-kvm", "", "Directory for per-domain locks and rate-limit state, shared by the plugin and the CLI.", absPath(func(c *Config, v string) { c.StateDir = v })},
+	{"AuditLog", "/var/log/zabbix/kvm-actions.log", "", "File that gets one JSON line per action attempt.", absPath(func(c *Config, v string) { c.AuditLog = v })},
+	{"Push.Server", "", "", "host:port of the Zabbix server or proxy trapper that gets haproxy server state changes at once. Empty: no push.", func(c *Config, v string) error {
+		if v != "" {
+			if _, _, err := net.SplitHostPort(v); err != nil {
+				return fmt.Errorf("must be host:port")
+			}
+		}
+		c.PushServer = v
+		return nil
+	}},
+	{"Push.Host", "", "", "Zabbix host name of this hypervisor, for pushed values (required with Push.Server).", func(c *Config, v string) error { c.PushHost = v; return nil }},
+	{"Push.Interval", "1", "1-60", "Seconds between haproxy state reads for the push.", intRange(1, 60, func(c *Config, n int) { c.PushInterval = time.Duration(n) * time.Second })},
+}
+
+// ParseOptions builds a Config from flat options (as conf.Flatten returns them). Every problem is
+// reported with the option's full name and its line in the config file; unknown options are errors.
+func ParseOptions(opts map[string]conf.Value, globalTimeout int) (*Config, error) {
+	c := &Config{}
+	known := map[string]bool{}
+	for _, o := range options {
+		known[o.name] = true
+		v, ok := opts[o.name]
+		val := o.def
+		if ok {
+			val = strings.TrimSpace(v.Value)
+		}
+		if val == "" && o.def == "" {
+			continue
+		}
+		if err := o.apply(c, val); err != nil {
+			return nil, fmt.Errorf("invalid option Plugins.%s.%s=%q%s: %v", Name, o.name, val, lineOf(v), err)
+		}
+	}
+	var unknown []string
+	for k, v := range opts {
+		if !known[k] {
+			unknown = append(unknown, fmt.Sprintf("Plugins.%s.%s%s", Name, k, lineOf(v)))
+		}
+	}
+	if len(unknown) > 0 {
+		sort.Strings(unknown)
+		return nil, fmt.Errorf("unknown option %s (see kvm.conf for the valid ones)", strings.Join(unknown, ", "))
+	}
+	if c.Timeout == 0 {
+		if globalTimeout <= 0 {
+			globalTimeout = 3
+		}
+		c.Timeout = time.Duration(globalTimeout) * time.Second
+	}
+	if c.PushServer != "" && c.PushHost == "" {
+		return nil, fmt.Errorf("invalid option Plugins.%s.Push.Host: required when Push.Server is set", Name)
+	}
+	if c.PushServer != "" && c.HAProxySocket == "" {
+		return nil, fmt.Errorf("invalid option Plugins.%s.Push.Server: needs Plugins.%s.HAProxy.Socket", Name, Name)
+	}
+	return c, nil
+}
+
+// GuestAddressAllowed reports whether checks may connect to ip: only inside the configured
+// private segment, so a wrong or spoofed address (a guest agent reports what the guest says)
+// never sends check traffic anywhere else.
+func (c *Config) GuestAddressAllowed(ip string) error {
+	if len(c.GuestNetworks) == 0 {
+		return fmt.Errorf("guest checks are off: set Plugins.%s.GuestNetworks to the guests' private segment", Name)
+	}
+	a := net.ParseIP(ip)
+	for _, n := range c.GuestNetworks {
+		if a != nil && n.Contains(a) {
+			return nil
+		}
+	}
+	return fmt.Errorf("address %s is outside Plugins.%s.GuestNetworks", ip, Name)
+}
+
+func lineOf(v conf.Value) string {
+	if v.Line > 0 {
+		return fmt.Sprintf(" (line %d)", v.Line)
+	}
+	return ""
+}
+
+// ReadConfigFile reads Plugins.KVM.* lines from an agent-style config file (the plugin's own
+// kvm.conf, or the whole zabbix_agent2.conf), for the CLI. Other lines are ignored.
+func ReadConfigFile(path string) (map[string]conf.Value, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("config file: %w", err)
+	}
+	defer f.Close()
+	out := map[string]conf.Value{}
+	prefix := "Plugins." + Name + "."
+	sc := bufio.NewScanner(f)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			continue
+		}
+		k = strings.TrimSpace(k)
+		if name, ok := strings.CutPrefix(k, prefix); ok {
+			out[name] = conf.Value{Value: strings.TrimSpace(v), Line: n}
+		}
+	}
+	return out, sc.Err()
+}
+
+// ConfDoc renders the options table in Zabbix's config-file style; conf/kvm.conf is generated from
+// it (make conf) and a test checks they agree, so the documentation cannot drift from the code.
+func ConfDoc() string {
+	var b strings.Builder
+	b.WriteString("# Zabbix agent 2 loadable plugin for KVM hypervisors: libvirt, qemu-guest-agent, haproxy.\n")
+	b.WriteString("# Drop this file into zabbix_agent2.d/plugins.d/. The CLI (zabbix-agent2-plugin-kvm -c FILE) reads it too.\n")
+	b.WriteString("# Generated from plugin/config.go by `make conf`; edit the values, keep the comments.\n")
+	for _, o := range options {
+		b.WriteString("\n### Option: Plugins.KVM." + o.name + "\n")
+		b.WriteString("#\t" + o.doc + "\n#\n")
+		if o.name == "System.Path" {
+			b.WriteString("# Mandatory: yes\n")
+		} else {
+			b.WriteString("# Mandatory: no\n")
+		}
+		if o.rng != "" {
+			b.WriteString("# Range: " + o.rng + "\n")
+		}
+		def := o.def
+		if def == "" {
+			def = ""
+		}
+		b.WriteString("# Default:\n")
+		switch o.name {
+		case "System.Path":
+			b.WriteString("Plugins.KVM.System.Path=/usr/sbin/zabbix-agent2-plugin/zabbix-agent2-plugin-kvm\n")
+		default:
+			b.WriteString("# Plugins.KVM." + o.name + "=" + def + "\n")
+		}
+	}
+	return b.String()
+}

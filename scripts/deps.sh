@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Installs what the build, the demo and the tests need on Debian 12, idempotently, as root.
+# Usage: scripts/deps.sh [build|agents|qemu|haproxy|zabbix|all]...
+# Agent binaries go to $KVM_CACHE (default /var/cache/zabbix-agent2-plugin-kvm), outside the repo,
+# so that 6.0 and 7.0 run side by side.
+set -euo pipefail
+CACHE=${KVM_CACHE:-/var/cache/zabbix-agent2-plugin-kvm}
+AGENT60=1:6.0.14+dfsg-1+b1
+export DEBIAN_FRONTEND=noninteractive
+
+log() { printf 'deps: %s\n' "$*" >&2; }
+
+need_root() { [ "$(id -u)" = 0 ] || { log "must run as root (apt-get, dpkg)"; exit 1; }; }
+
+# Package postinst scripts must never start daemons here (no systemd; sysv scripts would grab ports).
+no_daemons() { [ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; }; }
+
+# bookworm-backports, on the same mirror as the machine's own Debian sources (never a hard-coded host).
+backports() {
+  local f=/etc/apt/sources.list.d/bookworm-backports.sources mirror
+  [ -e "$f" ] && return 0
+  mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+  [ -n "$mirror" ] || mirror=$(awk '$1=="deb"{print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
+  [ -n "$mirror" ] || { log "cannot find the Debian mirror in /etc/apt/sources.list*"; exit 1; }
+  printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' "$mirror" >"$f"
+  UPDATED=
+}
+
+UPDATED=
+apt_update() { [ -n "$UPDATED" ] || { log "apt-get update"; apt-get update -qq; UPDATED=1; }; }
+
+# install PKG... : only the missing ones, so a warm machine costs one dpkg-query.
+install() {
+  local missing=() p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "${p%%=*}" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  apt_update
+  log "apt-get install ${missing[*]}"
+  apt-get install -y -qq --no-install-recommends "${EXTRA[@]}" "${missing[@]}" >/dev/null
+}
+EXTRA=()
+
+build() { install gcc make pkg-config libvirt-dev libvirt-clients libvirt-daemon iproute2 curl; }
+
+# agent DIR VERSION [apt-target]: unpack one zabbix-agent2 version into $CACHE/DIR.
+agent() {
+  local dir=$CACHE/$1 ver=$2 tmp
+  [ -x "$dir/usr/sbin/zabbix_agent2" ] && return 0
+  apt_update
+  tmp=$(mktemp -d); chmod 755 "$tmp"; mkdir -p "$dir"
+  log "fetching zabbix-agent2 $ver"
+  (cd "$tmp" && apt-get download -qq "zabbix-agent2=$ver" && dpkg -x zabbix-agent2_*.deb "$dir")
+  rm -rf "$tmp"
+}
+
+agents() {
+  backports; apt_update
+  agent agent-6.0 "$AGENT60"
+  local v70
+  v70=$(apt-cache madison zabbix-agent2 | awk -F'|' '/bookworm-backports/{gsub(/ /,"",$2); print $2; exit}')
+  [ -n "$v70" ] || { log "no zabbix-agent2 in bookworm-backports"; exit 1; }
+  agent agent-7.0 "$v70"
+  # the agents link against these at run time
+  install libpcre2-8-0 libssl3 zlib1g
+  ln -sfn "$CACHE/agent-6.0/usr/sbin/zabbix_agent2" "$CACHE/zabbix_agent2-6.0"
+  ln -sfn "$CACHE/agent-7.0/usr/sbin/zabbix_agent2" "$CACHE/zabbix_agent2-7.0"
+}
+
+qemu() {
+  install libvirt-dev libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils \
+    busybox-static qemu-guest-agent dnsmasq-base iproute2 cpio gzip curl
+  local kdeb
+  if ! ls "$CACHE"/kernel/vmlinuz >/dev/null 2>&1; then
+    apt_update
+    kdeb=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/{print $2; exit}')
+    mkdir -p "$CACHE/kernel"; local tmp; tmp=$(mktemp -d)
+    log "fetching $kdeb"
+    (cd "$tmp" && apt-get download -qq "$kdeb" && dpkg -x "$kdeb"_*.deb x)
+    cp "$tmp"/x/boot/vmlinuz-* "$CACHE/kernel/vmlinuz"
+    rm -rf "$CACHE/kernel/modules"; cp -a "$tmp"/x/lib/modules/* "$CACHE/kernel/modules"
+    rm -rf "$tmp"
+  fi
+}
+
+haproxy() { install haproxy socat; }
+
+zabbix() {
+  no_daemons; backports; apt_update
+  EXTRA=(-t bookworm-backports)
+  install postgresql zabbix-server-pgsql zabbix-frontend-php zabbix-sender php8.2-cli php8.2-cgi php8.2-pgsql
+  EXTRA=()
+  # the 6.0 server, unpacked beside the installed 7.0, for the template-import check
+  local dir=$CACHE/server-6.0
+  if [ ! -x "$dir/usr/sbin/zabbix_server" ]; then
+    local tmp; tmp=$(mktemp -d); chmod 755 "$tmp"; mkdir -p "$dir"
+    log "fetching zabbix-server-pgsql and zabbix-frontend-php 6.0.14"
+    (cd "$tmp" && apt-get download -qq zabbix-server-pgsql=1:6.0.14+dfsg-1+b1 zabbix-frontend-php=1:6.0.14+dfsg-1 &&
+      for d in *.deb; do dpkg -x "$d" "$dir"; done)
+    rm -rf "$tmp"
+  fi
+}
+
+need_root; no_daemons
+[ $# -gt 0 ] || set -- all
+for what in "$@"; do
+  case $what in
+    build|agents|qemu|haproxy|zabbix) $what ;;
+    all) build; agents; qemu; haproxy; zabbix ;;
+    *) log "unknown target $what (build|agents|qemu|haproxy|zabbix|all)"; exit 2 ;;
+  esac
+done

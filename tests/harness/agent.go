@@ -1,0 +1,263 @@
+package harness
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// AgentCache is where scripts/deps.sh agents unpacks the two agent versions.
+var AgentCache = envOr("KVM_CACHE", "/var/cache/zabbix-agent2-plugin-kvm")
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+// AgentBinary returns the path of zabbix_agent2 for version "6.0" or "7.0".
+func AgentBinary(t testing.TB, version string) string {
+	t.Helper()
+	p := filepath.Join(AgentCache, "zabbix_agent2-"+version)
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("zabbix_agent2 %s not found at %s: run scripts/deps.sh agents (make deps)", version, p)
+	}
+	return p
+}
+
+var (
+	buildMu  sync.Mutex
+	builds   = map[string]string{}
+	buildDir string
+)
+
+// PluginBinary builds the plugin once per test process (into a temp dir that lives as long as the
+// process) and returns its path. KVM_PLUGIN_BIN overrides it with a prebuilt binary.
+func PluginBinary(t testing.TB) string {
+	t.Helper()
+	if p := os.Getenv("KVM_PLUGIN_BIN"); p != "" {
+		return p
+	}
+	return BuildPlugin(t, "")
+}
+
+// BuildPlugin builds the plugin with the given build tags (once per tag set and process).
+func BuildPlugin(t testing.TB, tags string) string {
+	t.Helper()
+	buildMu.Lock()
+	defer buildMu.Unlock()
+	if p, ok := builds[tags]; ok {
+		return p
+	}
+	if buildDir == "" {
+		d, err := os.MkdirTemp("", "kvm-plugin-bin-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		buildDir = d
+	}
+	out := filepath.Join(buildDir, "zabbix-agent2-plugin-kvm"+strings.ReplaceAll("-"+tags, ",", "-"))
+	cmd := exec.Command("go", "build", "-tags", tags, "-o", out, ".")
+	cmd.Dir = RepoRoot(t)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build -tags %q: %v\n%s", tags, err, b)
+	}
+	builds[tags] = out
+	return out
+}
+
+// Agent is a real zabbix_agent2 process with the plugin configured, listening on loopback.
+type Agent struct {
+	Version string
+	Binary  string
+	Dir     string
+	Conf    string
+	Port    int
+	LogFile string
+	cmd     *exec.Cmd
+	exited  chan struct{}
+	err     error
+}
+
+// AgentOptions shape the agent's config.
+type AgentOptions struct {
+	Plugin     string            // plugin binary (default PluginBinary)
+	Options    map[string]string // Plugins.KVM.* without the prefix
+	Extra      []string          // further agent config lines (AllowKey=…, UserParameter=…)
+	Timeout    int               // agent Timeout (default 5)
+	PortLo     int               // port range (default 10100-10999)
+	PortHi     int
+	DebugLevel int // default 3
+}
+
+// WriteAgentConf writes an agent config in dir and returns an Agent ready to Start (or to run -t/-p).
+func WriteAgentConf(t testing.TB, version string, o AgentOptions) *Agent {
+	t.Helper()
+	if o.Plugin == "" {
+		o.Plugin = PluginBinary(t)
+	}
+	if o.Timeout == 0 {
+		o.Timeout = 5
+	}
+	if o.PortLo == 0 {
+		o.PortLo, o.PortHi = 10100, 10999
+	}
+	if o.DebugLevel == 0 {
+		o.DebugLevel = 3
+	}
+	dir := t.TempDir()
+	a := &Agent{Version: version, Binary: AgentBinary(t, version), Dir: dir, Port: FreePort(t, o.PortLo, o.PortHi),
+		LogFile: filepath.Join(dir, "agent.log"), Conf: filepath.Join(dir, "zabbix_agent2.conf")}
+	var b strings.Builder
+	fmt.Fprintf(&b, "LogType=file\nLogFile=%s\nLogFileSize=0\nDebugLevel=%d\nPidFile=%s/agent.pid\n", a.LogFile, o.DebugLevel, dir)
+	fmt.Fprintf(&b, "Server=127.0.0.1\nServerActive=\nListenIP=127.0.0.1\nListenPort=%d\nHostname=kvm-test-%s\nTimeout=%d\n", a.Port, version, o.Timeout)
+	fmt.Fprintf(&b, "ControlSocket=%s/agent.sock\nPluginSocket=%s/plugin.sock\n", dir, dir)
+	fmt.Fprintf(&b, "Plugins.KVM.System.Path=%s\n", o.Plugin)
+	for k, v := range o.Options {
+		fmt.Fprintf(&b, "Plugins.KVM.%s=%s\n", k, v)
+	}
+	for _, l := range o.Extra {
+		b.WriteString(l + "\n")
+	}
+	if err := os.WriteFile(a.Conf, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// Run runs the agent binary with this config and extra args (-t KEY, -p, -R metrics) and returns
+// combined output and the exit error, killing it after timeout so a hang fails the test.
+func (a *Agent) Run(t testing.TB, timeout time.Duration, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(a.Binary, append([]string{"-c", a.Conf}, args...)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		return out.String(), err
+	case <-time.After(timeout):
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		<-done
+		return out.String(), fmt.Errorf("zabbix_agent2 %v hung for %s (killed)", args, timeout)
+	}
+}
+
+// Start runs the agent in the foreground (-f) in its own process group and waits until it answers
+// agent.ping. Cleanup stops it (SIGTERM to the agent, then SIGKILL to the group).
+func (a *Agent) Start(t testing.TB) {
+	t.Helper()
+	cmd := exec.Command(a.Binary, "-c", a.Conf, "-f")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	out, err := os.Create(filepath.Join(a.Dir, "agent.out"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	a.cmd = cmd
+	a.exited = make(chan struct{})
+	go func() { a.err = cmd.Wait(); out.Close(); close(a.exited) }()
+	t.Cleanup(func() { a.Stop() })
+	WaitFor(t, 20*time.Second, 50*time.Millisecond, "zabbix_agent2 "+a.Version+" to answer agent.ping", func() (bool, error) {
+		select {
+		case <-a.exited:
+			b, _ := os.ReadFile(filepath.Join(a.Dir, "agent.out"))
+			return false, fmt.Errorf("agent exited: %v: %s %s", a.err, b, a.Log())
+		default:
+		}
+		v, err := a.Query("agent.ping", 2*time.Second)
+		return err == nil && v == "1", err
+	})
+}
+
+// Stop stops a started agent; it is idempotent.
+func (a *Agent) Stop() {
+	if a.cmd == nil {
+		return
+	}
+	select {
+	case <-a.exited:
+		return
+	default:
+	}
+	_ = a.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-a.exited:
+	case <-time.After(10 * time.Second):
+		_ = syscall.Kill(-a.cmd.Process.Pid, syscall.SIGKILL)
+		<-a.exited
+	}
+	_ = syscall.Kill(-a.cmd.Process.Pid, syscall.SIGKILL) // the plugin is in the agent's group
+}
+
+// Exited is closed when a started agent's process ends.
+func (a *Agent) Exited() <-chan struct{} { return a.exited }
+
+// Log returns the agent's log file.
+func (a *Agent) Log() string {
+	b, _ := os.ReadFile(a.LogFile)
+	return string(b)
+}
+
+// Query sends a passive check (legacy plain-key request) to the agent.
+func (a *Agent) Query(key string, timeout time.Duration) (string, error) {
+	return Passive(fmt.Sprintf("127.0.0.1:%d", a.Port), key, timeout)
+}
+
+// ErrNotSupported is returned by Passive for ZBX_NOTSUPPORTED answers; its text is the agent's reason.
+type ErrNotSupported struct{ Reason string }
+
+func (e *ErrNotSupported) Error() string { return "ZBX_NOTSUPPORTED: " + e.Reason }
+
+// Passive is a minimal Zabbix passive-check client: "ZBXD\x01" + uint64 LE length + payload, the
+// reply read to EOF. It understands both the 6.0 and the 7.0 reply header.
+func Passive(addr, payload string, timeout time.Duration) (string, error) {
+	c, err := net.DialTimeout("tcp", addr, timeout)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	req := make([]byte, 13+len(payload))
+	copy(req, "ZBXD\x01")
+	binary.LittleEndian.PutUint64(req[5:13], uint64(len(payload)))
+	copy(req[13:], payload)
+	if _, err := c.Write(req); err != nil {
+		return "", err
+	}
+	resp, err := io.ReadAll(c)
+	if err != nil {
+		return "", err
+	}
+	if len(resp) < 13 || string(resp[:4]) != "ZBXD" {
+		return "", fmt.Errorf("bad reply %q", resp)
+	}
+	n := binary.LittleEndian.Uint32(resp[5:9])
+	body := resp[13:]
+	if int(n) <= len(body) {
+		body = body[:n]
+	}
+	if s, ok := strings.CutPrefix(string(body), "ZBX_NOTSUPPORTED\x00"); ok {
+		return "", &ErrNotSupported{Reason: s}
+	}
+	return string(body), nil
+}

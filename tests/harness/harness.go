@@ -1,0 +1,118 @@
+// Package harness holds what every end-to-end test needs: free loopback ports, condition waits,
+// and root/tool checks. Tests start real components; this package only helps them wait honestly.
+package harness
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"sync"
+	"testing"
+	"time"
+)
+
+var portMu sync.Mutex
+var portNext = map[int]int{}
+
+// FreePort returns a loopback TCP port in [lo,hi] that nothing listens on now. zabbix_agent2 accepts
+// only 1024-32767, below the kernel's ephemeral range, so ports cannot come from ":0". Each test area
+// uses its own range so parallel packages do not collide.
+func FreePort(t testing.TB, lo, hi int) int {
+	t.Helper()
+	portMu.Lock()
+	defer portMu.Unlock()
+	start := portNext[lo]
+	if start < lo || start > hi {
+		start = lo + os.Getpid()%(hi-lo+1)
+	}
+	for i := 0; i <= hi-lo; i++ {
+		p := lo + (start-lo+i)%(hi-lo+1)
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		portNext[lo] = p + 1
+		return p
+	}
+	t.Fatalf("no free loopback port in %d-%d", lo, hi)
+	return 0
+}
+
+// WaitFor polls cond every step until it returns true or the timeout passes; it fails the test with
+// the last error cond reported, so a timeout says what was still wrong.
+func WaitFor(t testing.TB, timeout, step time.Duration, what string, cond func() (bool, error)) {
+	t.Helper()
+	if err := Wait(context.Background(), timeout, step, cond); err != nil {
+		t.Fatalf("waiting for %s: %v", what, err)
+	}
+}
+
+// Wait is WaitFor without a test: it returns an error naming the last failure.
+func Wait(ctx context.Context, timeout, step time.Duration, cond func() (bool, error)) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var last error
+	for {
+		ok, err := cond()
+		if ok {
+			return nil
+		}
+		if err != nil {
+			last = err
+		}
+		select {
+		case <-ctx.Done():
+			if last != nil {
+				return fmt.Errorf("not ready after %s: %w", timeout, last)
+			}
+			return fmt.Errorf("not ready after %s", timeout)
+		case <-time.After(step):
+		}
+	}
+}
+
+// RequireRoot skips nothing: the project's tests run as root in CI, so a missing privilege is a failure.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatalf("this test needs root (netns, libvirtd, apt); run it via make test as root")
+	}
+}
+
+// RequireTool fails the test when a binary the harness needs is missing, naming the make target that installs it.
+func RequireTool(t testing.TB, name, installedBy string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		t.Fatalf("%s not found: run %s", name, installedBy)
+	}
+	return p
+}
+
+// RepoRoot returns the repository root (the directory with go.mod), from a test's working directory.
+func RepoRoot(t testing.TB) string {
+	t.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for d := dir; d != "/"; d = parent(d) {
+		if _, err := os.Stat(d + "/go.mod"); err == nil {
+			return d
+		}
+	}
+	t.Fatalf("no go.mod above %s", dir)
+	return ""
+}
+
+func parent(d string) string {
+	for i := len(d) - 1; i > 0; i-- {
+		if d[i] == '/' {
+			return d[:i]
+		}
+	}
+	return "/"
+}
