@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
 	"sort"
 	"strings"
 	"time"
@@ -28,6 +27,7 @@ Options:
 Verbs:
   get KEY      evaluate an item key in-process, like zabbix_agent2 -t:  get 'kvm.domain.state[web-07]'
   keys         list every item key with its parameters and description
+  conf         print the documented kvm.conf (every Plugins.KVM.* option with its default)
   version      print the version
   help         this text
 %s`
@@ -105,6 +105,9 @@ func runCLI(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case "get":
 		return cliGet(env, rest[1:])
+	case "conf":
+		fmt.Fprint(stdout, plugin.ConfDoc())
+		return 0
 	}
 	if v, ok := verbs[rest[0]]; ok {
 		return v.run(env, rest[1:])
@@ -160,5 +163,3 @@ func cliGet(env *cliEnv, args []string) int {
 	fmt.Fprintln(env.stdout, s)
 	return 0
 }
-
-var _ = os.Stdout

@@ -29,7 +29,7 @@ func TestPolicyValidate(t *testing.T) {
 		{"-bad domain regex", with(func(p *Policy) { p.AllowDomains = "web-(" }), "AllowDomains", "invalid regular expression"},
 		{"-bad domain regex even when disabled", Policy{AllowDomains: "("}, "AllowDomains", "invalid"},
 		{"-no domains", with(func(p *Policy) { p.AllowDomains = "" }), "AllowDomains", "required"},
-		{"-bad command regex", with(func(p *Policy) { p.AllowCommands = []string{"ok", "a[" } }), "AllowCommands[1]", "invalid regular expression"},
+		{"-bad command regex", with(func(p *Policy) { p.AllowCommands = []string{"ok", "a["} }), "AllowCommands[1]", "invalid regular expression"},
 		{"-empty command pattern", with(func(p *Policy) { p.AllowCommands = []string{" "} }), "AllowCommands[0]", "empty"},
 		{"-negative forced", with(func(p *Policy) { p.MaxForcedPerHour = -1 }), "MaxForcedPerHour", "0 or more"},
 		{"-no state dir", with(func(p *Policy) { p.StateDir = "" }), "StateDir", "required"},
