@@ -23,8 +23,8 @@ import (
 
 // Network of the lab, inside its netns only.
 const (
-	Bridge  = "br0"         // bridge every guest NIC is attached to
-	Gateway = "10.77.0.1"   // the bridge's address: what guests see of the test process
+	Bridge  = "br0"          // bridge every guest NIC is attached to
+	Gateway = "10.77.0.1"    // the bridge's address: what guests see of the test process
 	Subnet  = "10.77.0.0/24" // guest i (1-based, in creation order, reused after cleanup) is 10.77.0.(10+i)
 )
 
