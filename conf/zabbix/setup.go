@@ -193,6 +193,7 @@ type setup struct {
 	o   Options
 	// groups62: 6.2 split template groups from host groups (import rules, user group rights).
 	groups62 bool
+	params64 bool // 6.4: script media types take "parameters", not "exec_params"
 	rep      *Report
 }
 
@@ -218,7 +219,11 @@ func Setup(ctx context.Context, api *Client, o Options) (Report, error) {
 	if err != nil {
 		return rep, err
 	}
-	s := &setup{api: api, o: o, groups62: g62, rep: &rep}
+	p64, err := api.AtLeast(ctx, 6, 4)
+	if err != nil {
+		return rep, err
+	}
+	s := &setup{api: api, o: o, groups62: g62, params64: p64, rep: &rep}
 	steps := []func(context.Context) error{s.hostGroups, s.templates, s.mediaTypes, s.userGroup, s.user, s.scripts, s.actions, s.hypervisor}
 	for _, step := range steps {
 		if err := step(ctx); err != nil {
@@ -548,13 +553,18 @@ func (s *setup) mediaTypes(ctx context.Context) error {
 	}
 	sms := map[string]any{
 		"name": SMSMediaType, "type": 1, "status": 0, "exec_path": s.o.SMSScript,
-		"parameters": []map[string]any{
+		"description":       "KVM recovery ladder: SMS through an alert script (phone, subject, message).",
+		"message_templates": msgs,
+	}
+	// 6.4 turned the script arguments from one newline-separated string into a list.
+	if s.params64 {
+		sms["parameters"] = []map[string]any{
 			{"sortorder": 0, "value": "{ALERT.SENDTO}"},
 			{"sortorder": 1, "value": "{ALERT.SUBJECT}"},
 			{"sortorder": 2, "value": "{ALERT.MESSAGE}"},
-		},
-		"description":       "KVM recovery ladder: SMS through an alert script (phone, subject, message).",
-		"message_templates": msgs,
+		}
+	} else {
+		sms["exec_params"] = "{ALERT.SENDTO}\n{ALERT.SUBJECT}\n{ALERT.MESSAGE}\n"
 	}
 	for _, m := range []map[string]any{email, chat, sms} {
 		if _, err := s.ensure(ctx, object{kind: "media type", api: "mediatype", idField: "mediatypeid", name: m["name"].(string),
