@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# make bench: Go benchmarks (ns/op, allocs/op, counted libvirt calls) and the side-by-side runs
+# against the obvious alternatives, printed as ratios. `bench.sh e2e` runs the seed scenario's MTTR
+# benchmark instead. Results are printed and kept under bench-results/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p bench-results
+out=bench-results/$(date +%Y%m%d-%H%M%S).txt
+exec > >(tee "$out") 2>&1
+
+if [ "${1:-}" = e2e ]; then
+  go test -run '^$' -bench 'MTTR' -benchtime 3x -timeout 60m -v ./tests/e2e/
+  exit 0
+fi
+
+echo "== in-process Go benchmarks"
+go test -run '^$' -bench . -benchmem -benchtime 2s ./plugin/ ./kvm/... ./haproxy/... ./sender/... 2>&1 | grep -E '^(Benchmark|ok|FAIL|---)' || true
+
+echo "== 1,000 passive checks through zabbix_agent2 7.0: plugin vs UserParameter running virsh"
+go test -run '^$' -bench 'Passive1000' -benchtime 1x -timeout 10m ./tests/bench/ | grep -vE '^(goos|goarch|pkg|cpu|PASS)'
+
+for extra in tests/bench/*.sh haproxy/bench.sh actions/bench.sh; do
+  [ -x "$extra" ] || continue
+  echo "== $extra"
+  "$extra"
+done
+echo "results saved in $out"
