@@ -22,7 +22,11 @@ or from a Zabbix Action / frontend script through system.run.
 Options:
   -c FILE      configuration file with Plugins.KVM.* options (default %s)
   --dry-run    show what an action would do without doing it
-  --timeout S  overall deadline in seconds for get (default: Plugins.KVM.Timeout)
+  --timeout S  overall deadline in seconds (default: Plugins.KVM.Timeout for get, the Actions.*Seconds for actions)
+  --caller N   who acts, for the audit log (default cli:$USER; the provisioned Zabbix scripts say zabbix)
+
+Exit status: 0 done and verified; 1 failed or not done; 2 usage; 3 refused by policy, rate limit
+or lock; 4 (exec) the command ran and exited non-zero.
 
 Verbs:
   get KEY      evaluate an item key in-process, like zabbix_agent2 -t:  get 'kvm.domain.state[web-07]'
@@ -42,6 +46,7 @@ type verb struct {
 type cliEnv struct {
 	cfgFile string
 	dryRun  bool
+	caller  string
 	timeout time.Duration
 	stdout  io.Writer
 	stderr  io.Writer
@@ -57,7 +62,7 @@ func verbHelp() string {
 	sort.Strings(names)
 	var b strings.Builder
 	for _, n := range names {
-		fmt.Fprintf(&b, "  %-28s %s\n", n+" "+verbs[n].args, verbs[n].help)
+		fmt.Fprintf(&b, "  %-40s %s\n", n+" "+verbs[n].args, verbs[n].help)
 	}
 	if b.Len() == 0 {
 		return ""
@@ -72,6 +77,7 @@ func runCLI(args []string, stdout, stderr io.Writer) int {
 	var timeout int
 	fs.StringVar(&env.cfgFile, "c", plugin.DefaultConfigFile, "config file")
 	fs.BoolVar(&env.dryRun, "dry-run", false, "dry run")
+	fs.StringVar(&env.caller, "caller", "", "caller")
 	fs.IntVar(&timeout, "timeout", 0, "seconds")
 	help := func(w io.Writer) { fmt.Fprintf(w, usage, plugin.DefaultConfigFile, verbHelp()) }
 	if err := fs.Parse(args); err != nil {

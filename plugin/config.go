@@ -34,6 +34,12 @@ type Config struct {
 	AllowDomains     string
 	MaxForcedPerHour int
 	ExecAllow        []string
+	GentleMode       string
+	GentleTimeout    time.Duration
+	ForcedTimeout    time.Duration
+	HealthTimeout    time.Duration
+	HealthPort       int
+	HealthPath       string
 	StateDir         string
 	AuditLog         string
 	PushServer       string
@@ -122,6 +128,28 @@ var options = []option{
 	{"Actions.Enable", "0", "0-1", "1 allows actions that change VMs or haproxy (lifecycle, exec, recover, pool). Off by default.", intRange(0, 1, func(c *Config, n int) { c.ActionsEnable = n == 1 })},
 	{"Actions.AllowDomains", "", "", "Regular expression (whole name) of the domains actions may touch. Empty: none.", regex(func(c *Config, v string) { c.AllowDomains = v })},
 	{"Actions.MaxForcedPerHour", "3", "0-100", "Forced actions (reset, destroy, destroy+start) allowed per domain per rolling hour; more are refused so Zabbix escalates to a human.", intRange(0, 100, func(c *Config, n int) { c.MaxForcedPerHour = n })},
+	{"Actions.GentleMode", "acpi", "acpi, agent, agent+acpi", "How shutdown and reboot ask the guest: the ACPI power button, qemu-guest-agent, or the agent then ACPI.", func(c *Config, v string) error {
+		switch v {
+		case "acpi", "agent":
+			c.GentleMode = v
+		case "agent+acpi":
+			c.GentleMode = "agent,acpi"
+		default:
+			return fmt.Errorf("must be acpi, agent or agent+acpi")
+		}
+		return nil
+	}},
+	{"Actions.GentleSeconds", "60", "5-3600", "Seconds a gentle shutdown or reboot may take before it counts as ignored.", intRange(5, 3600, func(c *Config, n int) { c.GentleTimeout = time.Duration(n) * time.Second })},
+	{"Actions.ForcedSeconds", "30", "15-600", "Seconds each forced call (reset, destroy, start) may take; destroy of a hung QEMU takes about 12 s.", intRange(15, 600, func(c *Config, n int) { c.ForcedTimeout = time.Duration(n) * time.Second })},
+	{"Actions.HealthSeconds", "120", "5-3600", "Seconds recover waits for the guest to be healthy after each step.", intRange(5, 3600, func(c *Config, n int) { c.HealthTimeout = time.Duration(n) * time.Second })},
+	{"Actions.HealthPort", "80", "0-65535", "Port recover checks on the guest's private address (HTTP if HealthPath is set, else TCP); 0: guest agent ping only.", intRange(0, 65535, func(c *Config, n int) { c.HealthPort = n })},
+	{"Actions.HealthPath", "/", "", "HTTP path recover GETs (status below 400 is healthy). Empty: a TCP connect is enough.", func(c *Config, v string) error {
+		if v != "" && !strings.HasPrefix(v, "/") {
+			return fmt.Errorf("must start with /")
+		}
+		c.HealthPath = v
+		return nil
+	}},
 	{"Exec.AllowCommands", "", "", "Comma-separated regular expressions; a guest command (argv joined by spaces) must match one whole. Empty: exec is refused.", func(c *Config, v string) error {
 		c.ExecAllow = nil
 		for _, p := range strings.Split(v, ",") {

@@ -52,6 +52,9 @@ var keyTable = map[string]keyDef{
 	"kvm.domain.http": {metric.New("HTTP GET to the guest's private address: status, time and error, as JSON.",
 		[]*metric.Param{domainParam(), portParam("80"),
 			metric.NewParam("Path", "request path").WithDefault("/").WithValidator(metric.PatternValidator{Pattern: regexp.MustCompile(`^/[\x21-\x7e]*$`), Hint: "a path starting with / without spaces"})}, false), domainHTTP},
+	"kvm.domain.exec": {metric.New("Runs an allow-listed command in the guest through qemu-guest-agent (no shell); returns its output, or 1 with nowait.",
+		[]*metric.Param{domainParam(), metric.NewParam("Command", "command line; quotes group words, nothing is expanded").SetRequired(),
+			metric.NewParam("Mode", "wait for the output, or return at once").WithDefault("wait").WithValidator(metric.SetValidator{Set: []string{"wait", "nowait"}})}, false), domainExec},
 }
 
 func metrics() metric.MetricSet {

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"zabbix-agent2-plugin-kvm/haproxy"
 	"zabbix-agent2-plugin-kvm/kvm"
 	"zabbix-agent2-plugin-kvm/plugin/sdk/comms"
 	"zabbix-agent2-plugin-kvm/plugin/sdk/conf"
@@ -25,6 +26,7 @@ type Plugin struct {
 	conn  *kvm.Conn
 	cache *kvm.Cache
 	inv   *kvm.Inventories
+	hap   *haproxy.Client
 	extra []func() // stop functions of runners started by Start
 }
 
@@ -76,6 +78,15 @@ func (p *Plugin) Apply(cfg *Config) {
 	p.conn = kvm.NewConn(cfg.URI, cfg.Timeout, kvm.DefaultWorkers)
 	p.cache = kvm.NewCache(p.conn, time.Duration(cfg.CacheSeconds)*time.Second)
 	p.inv = kvm.NewInventories(p.conn, time.Duration(cfg.InventorySeconds)*time.Second)
+	p.hap = nil
+	if cfg.HAProxySocket != "" {
+		// the address was validated with the options; New only fails on what ParseOptions refuses
+		if c, err := haproxy.New(cfg.HAProxySocket, cfg.Timeout); err == nil {
+			p.hap = c
+		} else {
+			p.Errf("haproxy: %v", err)
+		}
+	}
 }
 
 // Config returns the configuration in force, or nil before Configure.

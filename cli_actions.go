@@ -1,0 +1,161 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"zabbix-agent2-plugin-kvm/actions"
+	"zabbix-agent2-plugin-kvm/plugin"
+)
+
+func init() {
+	for _, v := range []struct{ name, help string }{
+		{"start", "start a shut-off domain"},
+		{"shutdown", "ask the guest to power off (ACPI or guest agent: Actions.GentleMode)"},
+		{"reboot", "ask the guest to reboot (gentle); exit 1 if the guest ignored it"},
+		{"reset", "forced reset (counts against Actions.MaxForcedPerHour)"},
+		{"destroy", "forced power off (counts against Actions.MaxForcedPerHour)"},
+		{"suspend", "pause the domain"},
+		{"resume", "resume a paused domain"},
+	} {
+		verb := v.name
+		verbs[verb] = verb2{"DOMAIN", v.help, func(env *cliEnv, args []string) int { return cliLifecycle(env, verb, args) }}.v()
+	}
+	verbs["exec"] = verb2{"DOMAIN [--nowait] -- CMD [ARG...]", "run an allow-listed command in the guest through qemu-guest-agent", cliExec}.v()
+	verbs["recover"] = verb2{"DOMAIN [BACKEND SERVER]", "the whole ladder: drain, reboot, reset, destroy+start, ready; stops when healthy", cliRecover}.v()
+	verbs["pool"] = verb2{"BACKEND SERVER ready|drain|maint", "set an haproxy server's admin state", cliPool}.v()
+}
+
+type verb2 struct {
+	args, help string
+	run        func(*cliEnv, []string) int
+}
+
+func (v verb2) v() verb { return verb{args: v.args, help: v.help, run: v.run} }
+
+// actor loads the configuration and returns the plugin (for Stop) and an Actor acting for env's caller.
+func actor(env *cliEnv) (*plugin.Plugin, *actions.Actor, *plugin.Config, int) {
+	p, cfg, err := loadPlugin(env)
+	if err != nil {
+		fmt.Fprintf(env.stderr, "error: %v\n", err)
+		return nil, nil, nil, 1
+	}
+	a, err := p.Actor(plugin.CallerName(env.caller), env.dryRun)
+	if err != nil {
+		p.Stop()
+		fmt.Fprintf(env.stderr, "error: %v\n", err)
+		return nil, nil, nil, 1
+	}
+	return p, a, cfg, 0
+}
+
+// report prints v as indented JSON and maps err to the exit status: 0 only when done and verified.
+func report(w, ew io.Writer, v any, err error) int {
+	b, _ := json.MarshalIndent(v, "", "  ")
+	fmt.Fprintln(w, string(b))
+	if err != nil {
+		fmt.Fprintf(ew, "error: %v\n", err)
+		if errors.Is(err, actions.ErrRefused) || errors.Is(err, actions.ErrBusy) {
+			return 3
+		}
+		return 1
+	}
+	return 0
+}
+
+// deadline bounds a whole CLI action: a remote command must end, whatever the guest does.
+func deadline(cfg *plugin.Config, env *cliEnv, steps int) (context.Context, context.CancelFunc) {
+	d := time.Duration(steps) * (cfg.GentleTimeout + cfg.ForcedTimeout + cfg.HealthTimeout)
+	if env.timeout > 0 {
+		d = env.timeout
+	}
+	return context.WithTimeout(context.Background(), d)
+}
+
+func cliLifecycle(env *cliEnv, verb string, args []string) int {
+	if len(args) != 1 {
+		fmt.Fprintf(env.stderr, "usage: %s DOMAIN\n", verb)
+		return 2
+	}
+	p, a, cfg, rc := actor(env)
+	if rc != 0 {
+		return rc
+	}
+	defer p.Stop()
+	ctx, cancel := deadline(cfg, env, 1)
+	defer cancel()
+	res, err := a.Do(ctx, verb, args[0])
+	return report(env.stdout, env.stderr, res, err)
+}
+
+func cliExec(env *cliEnv, args []string) int {
+	wait := true
+	if len(args) > 1 && args[1] == "--nowait" {
+		wait = false
+		args = append(args[:1:1], args[2:]...)
+	}
+	if len(args) < 3 || args[1] != "--" {
+		fmt.Fprintln(env.stderr, "usage: exec DOMAIN [--nowait] -- CMD [ARG...]")
+		return 2
+	}
+	p, a, cfg, rc := actor(env)
+	if rc != 0 {
+		return rc
+	}
+	defer p.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.Timeout+5*time.Second)
+	if env.timeout > 0 {
+		cancel()
+		ctx, cancel = context.WithTimeout(context.Background(), env.timeout)
+	}
+	defer cancel()
+	res, err := a.Exec(ctx, args[0], args[2:], wait)
+	rc = report(env.stdout, env.stderr, res, err)
+	if rc == 0 && res.Exited && res.ExitCode != 0 {
+		return 4 // the command ran and failed in the guest
+	}
+	return rc
+}
+
+func cliRecover(env *cliEnv, args []string) int {
+	if len(args) != 1 && len(args) != 3 {
+		fmt.Fprintln(env.stderr, "usage: recover DOMAIN [BACKEND SERVER]   (without them, the haproxy server of the domain is looked up)")
+		return 2
+	}
+	p, a, cfg, rc := actor(env)
+	if rc != 0 {
+		return rc
+	}
+	defer p.Stop()
+	ctx, cancel := deadline(cfg, env, 3)
+	defer cancel()
+	backend, server := "", ""
+	if len(args) == 3 {
+		backend, server = args[1], args[2]
+	} else {
+		backend, server = p.PoolMember(ctx, args[0])
+	}
+	rep, err := a.Recover(ctx, args[0], backend, server)
+	return report(env.stdout, env.stderr, rep, err)
+}
+
+func cliPool(env *cliEnv, args []string) int {
+	if len(args) != 3 {
+		fmt.Fprintln(env.stderr, "usage: pool BACKEND SERVER ready|drain|maint")
+		return 2
+	}
+	p, a, cfg, rc := actor(env)
+	if rc != 0 {
+		return rc
+	}
+	defer p.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.Timeout)
+	defer cancel()
+	err := a.PoolSet(ctx, args[0], args[1], args[2])
+	out := map[string]any{"backend": args[0], "server": args[1], "state": args[2], "done": err == nil, "dry_run": env.dryRun}
+	return report(env.stdout, env.stderr, out, err)
+}
