@@ -181,13 +181,16 @@ var stringColumns = map[string]bool{
 func Get(stats []Stat) (string, error) {
 	size := 2
 	for i := range stats {
-		for _, v := range stats[i].values {
-			size += len(v) + 16
+		for j, v := range stats[i].values {
+			if v != "" {
+				size += len(v) + len(stats[i].Columns()[j]) + 6
+			}
 		}
 	}
 	b := make([]byte, 0, size)
 	b = append(b, '[')
-	var kinds []bool // per column: always a string
+	var keys [][]byte // per column: `"name":`, nil for a column left out
+	var asString []bool
 	var kcols *columns
 	for i := range stats {
 		s := &stats[i]
@@ -196,9 +199,12 @@ func Get(stats []Stat) (string, error) {
 		}
 		if s.cols != kcols {
 			kcols = s.cols
-			kinds = make([]bool, len(kcols.names))
+			keys, asString = make([][]byte, len(kcols.names)), make([]bool, len(kcols.names))
 			for j, n := range kcols.names {
-				kinds[j] = stringColumns[n]
+				if n != "" && n != "-" { // "-" is a placeholder column of 2.6
+					keys[j] = append(appendJSONString(nil, n), ':')
+				}
+				asString[j] = stringColumns[n]
 			}
 		}
 		if i > 0 {
@@ -207,17 +213,15 @@ func Get(stats []Stat) (string, error) {
 		b = append(b, '{')
 		first := true
 		for j, v := range s.values {
-			n := kcols.names[j]
-			if v == "" || n == "" || n == "-" { // "-" is a placeholder column of 2.6
+			if v == "" || keys[j] == nil {
 				continue
 			}
 			if !first {
 				b = append(b, ',')
 			}
 			first = false
-			b = appendJSONString(b, n)
-			b = append(b, ':')
-			if !kinds[j] && isJSONInt(v) {
+			b = append(b, keys[j]...)
+			if !asString[j] && isJSONInt(v) {
 				b = append(b, v...)
 			} else {
 				b = appendJSONString(b, v)

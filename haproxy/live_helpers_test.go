@@ -209,8 +209,14 @@ func (h *liveHAProxy) Client() *Client {
 // awaitStatus waits until backend/server shows the normalized status want.
 func awaitStatus(t testing.TB, c *Client, backend, server, want string, timeout time.Duration) ServerStatus {
 	t.Helper()
+	return awaitServer(t, c, backend, server, want, timeout, func(s ServerStatus) bool { return s.Status == want })
+}
+
+// awaitServer waits until backend/server satisfies cond.
+func awaitServer(t testing.TB, c *Client, backend, server, what string, timeout time.Duration, cond func(ServerStatus) bool) ServerStatus {
+	t.Helper()
 	var got ServerStatus
-	harness.WaitFor(t, timeout, 25*time.Millisecond, fmt.Sprintf("%s/%s %s", backend, server, want), func() (bool, error) {
+	harness.WaitFor(t, timeout, 25*time.Millisecond, fmt.Sprintf("%s/%s %s", backend, server, what), func() (bool, error) {
 		ctx := context.Background()
 		stats, err := c.ShowStat(ctx)
 		if err != nil {
@@ -224,7 +230,7 @@ func awaitStatus(t testing.TB, c *Client, backend, server, want string, timeout 
 		if err != nil {
 			return false, err
 		}
-		return got.Status == want, fmt.Errorf("status %q (%s)", got.StatusDetail, got.CheckDesc)
+		return cond(got), fmt.Errorf("status %q (%s, %s)", got.StatusDetail, got.CheckStatus, got.CheckDesc)
 	})
 	return got
 }

@@ -7,9 +7,12 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
+	"unicode"
 
 	"github.com/stretchr/testify/require"
 
@@ -252,4 +255,18 @@ func TestDiscoveryAndGuestChecks(t *testing.T) {
 	// an address outside GuestNetworks is never connected to
 	_, err = get(t, p, "kvm.domain.tcp", "db-01", "80")
 	require.ErrorContains(t, err, "address 10.9.9.9 is outside Plugins.KVM.GuestNetworks")
+}
+
+// zabbix_agent2 panics at start on a description that does not start with a capital letter
+// (seen on 6.0.14: "cannot register metric … without capital first letter"), and its registry also
+// wants a final period; the key names must be valid item keys.
+func TestKeyDeclarations(t *testing.T) {
+	keyRe := regexp.MustCompile(`^[a-z0-9_.]+$`)
+	for k, d := range keyTable {
+		require.Regexp(t, keyRe, k)
+		desc := d.metric.Description
+		require.NotEmpty(t, desc, k)
+		require.True(t, unicode.IsUpper(rune(desc[0])), "%s: description must start with a capital letter: %q", k, desc)
+		require.True(t, strings.HasSuffix(desc, "."), "%s: description must end with a period: %q", k, desc)
+	}
 }

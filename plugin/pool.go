@@ -24,7 +24,7 @@ var haproxyKeys = map[string]keyDef{
 	"haproxy.discovery":        {metric.New("LLD of haproxy frontends and backends.", nil, false), haproxyDiscovery},
 	"haproxy.server.discovery": {metric.New("LLD of haproxy servers, with the libvirt domain that owns each server's address.", nil, false), haproxyServerDiscovery},
 	"haproxy.get":              {metric.New("Every show stat row (frontends, backends, servers) as JSON (master item).", nil, false), haproxyGet},
-	"haproxy.info":             {metric.New("haproxy show info as JSON.", nil, false), haproxyInfo},
+	"haproxy.info":             {metric.New("The haproxy show info fields as JSON.", nil, false), haproxyInfo},
 	"haproxy.server.status": {metric.New("A server's status (UP, DOWN, MAINT, DRAIN, NOLB, no check), check detail and admin state, as JSON.",
 		[]*metric.Param{backendParam(), serverParam()}, false), haproxyServerStatus},
 	"haproxy.server.set": {metric.New("Sets a server's admin state (ready, drain, maint) through the runtime API; an action: needs Plugins.KVM.Actions.Enable.",

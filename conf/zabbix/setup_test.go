@@ -286,7 +286,7 @@ func addGuest(t *testing.T, s *zbx.Stack, rep zabbix.Report, name string, agentP
 	}
 	call(t, s, "host.create", map[string]any{"host": name, "groups": []map[string]any{{"groupid": gid.ID}},
 		"interfaces": []map[string]any{{"type": 1, "main": 1, "useip": 1, "ip": "127.0.0.1", "dns": "", "port": fmt.Sprint(agentPort)}},
-		"templates": []map[string]any{{"templateid": tid.ID}}, "macros": ms}, &res)
+		"templates":  []map[string]any{{"templateid": tid.ID}}, "macros": ms}, &res)
 	g := guest{name: name, hostid: res.HostIDs[0]}
 	var trs []struct {
 		TriggerID   string `json:"triggerid"`
@@ -393,6 +393,7 @@ func TestLadder70(t *testing.T) {
 	t.Logf("polled DOWN -> problem: %.2fs", took.Seconds())
 
 	// Pushing on (web-02): the poll still says UP; the pushed DOWN alone opens the problem.
+	require.False(t, problemOpen(t, s, web2.pool), "web-02 is UP, yet out of the pool")
 	pushT := time.Now()
 	harness.WaitFor(t, 30*time.Second, time.Second, "web-02 pushed DOWN -> problem", func() (bool, error) {
 		if err := s.Send(context.Background(), "web-02", "kvm.domain.pool.push", "DOWN"); err != nil {
@@ -401,6 +402,8 @@ func TestLadder70(t *testing.T) {
 		return problemOpen(t, s, web2.pool), nil
 	})
 	t.Logf("pushed DOWN -> problem: %.2fs", time.Since(pushT).Seconds())
+	v, _ := lastValue(t, s, web2.hostid, "kvm.domain.pool.in")
+	assert.Equal(t, "1", v, "web-02's polled status must still be UP: the push alone opened the problem")
 	assert.Less(t, time.Since(pushT), 5*time.Second, "a pushed status should open the problem within seconds")
 	require.NoError(t, s.Send(context.Background(), "web-02", "kvm.domain.pool.push", "UP"))
 	took = waitProblem(t, s, "web-02 resolved by a pushed UP", web2.pool, false, 15*time.Second)

@@ -67,7 +67,11 @@ func BuildPlugin(t testing.TB, tags string) string {
 		}
 		buildDir = d
 	}
-	out := filepath.Join(buildDir, "zabbix-agent2-plugin-kvm"+strings.ReplaceAll("-"+tags, ",", "-"))
+	name := "zabbix-agent2-plugin-kvm"
+	if tags != "" {
+		name += "-" + strings.ReplaceAll(tags, ",", "-")
+	}
+	out := filepath.Join(buildDir, name)
 	cmd := exec.Command("go", "build", "-tags", tags, "-o", out, ".")
 	cmd.Dir = RepoRoot(t)
 	if b, err := cmd.CombinedOutput(); err != nil {

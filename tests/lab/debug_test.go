@@ -14,7 +14,15 @@ func TestDebugBoot(t *testing.T) {
 	g := l.Guest(t, "dbg", lab.GuestOpts{ACPI: true, Agent: true, Start: true})
 	t0 := time.Now()
 	ready := false
+	marks := map[string]bool{}
 	for time.Since(t0) < 60*time.Second {
+		sl := g.SerialLog()
+		for _, m := range []string{"SeaBIOS", "Booting from ROM", "Linux version", "Run /init", "Power Button", "KVMLAB"} {
+			if !marks[m] && strings.Contains(sl, m) {
+				marks[m] = true
+				t.Logf("%q at %.1fs", m, time.Since(t0).Seconds())
+			}
+		}
 		if !ready && strings.Contains(g.SerialLog(), lab.ReadyMarker) {
 			t.Logf("READY at %.1fs", time.Since(t0).Seconds())
 			ready = true
