@@ -159,3 +159,5 @@ func cliPool(env *cliEnv, args []string) int {
 	out := map[string]any{"backend": args[0], "server": args[1], "state": args[2], "done": err == nil, "dry_run": env.dryRun}
 	return report(env.stdout, env.stderr, out, err)
 }
+
+func refused(err error) bool { return errors.Is(err, actions.ErrRefused) || errors.Is(err, actions.ErrBusy) }

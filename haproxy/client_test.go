@@ -3,13 +3,17 @@ package haproxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"zabbix-agent2-plugin-kvm/tests/harness"
 )
 
 func TestParseAddr(t *testing.T) {
@@ -159,4 +163,36 @@ func TestWatcherValidates(t *testing.T) {
 	w := &Watcher{}
 	require.ErrorContains(t, w.Start(context.Background()), "Client and OnChange are required")
 	w.Stop() // not started: no-op
+}
+
+// Start/Stop cycles leave no goroutine behind, and a failing poll reaches OnError without stopping
+// the watcher. The dial fails on purpose (no haproxy involved: this is about the goroutine).
+func TestWatcherStopLeavesNoGoroutine(t *testing.T) {
+	c, err := New("/nonexistent/admin.sock", time.Second)
+	require.NoError(t, err)
+	before := runtime.NumGoroutine()
+	for i := 0; i < 20; i++ {
+		errs := make(chan error, 100)
+		w := &Watcher{Client: c, Interval: time.Millisecond, OnChange: func(Change) {}, OnError: func(err error) { errs <- err }}
+		require.NoError(t, w.Start(context.Background()))
+		for n := 0; n < 3; n++ { // keeps polling after failures
+			select {
+			case err := <-errs:
+				require.ErrorContains(t, err, "/nonexistent/admin.sock")
+			case <-time.After(5 * time.Second):
+				t.Fatal("no poll error reported")
+			}
+		}
+		w.Stop()
+	}
+	// a parent context that ends also ends the goroutine
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &Watcher{Client: c, Interval: time.Millisecond, OnChange: func(Change) {}}
+	require.NoError(t, w.Start(ctx))
+	cancel()
+	w.Stop()
+	harness.WaitFor(t, 5*time.Second, 10*time.Millisecond, "goroutines back to the start count", func() (bool, error) {
+		n := runtime.NumGoroutine()
+		return n <= before, fmt.Errorf("%d goroutines, %d before", n, before)
+	})
 }

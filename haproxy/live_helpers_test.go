@@ -1,6 +1,7 @@
 package haproxy
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -182,7 +183,31 @@ func (h *liveHAProxy) Signal(sig syscall.Signal) {
 		if err := syscall.Kill(pid, sig); err != nil {
 			h.t.Fatalf("signal haproxy %d: %v", pid, err)
 		}
+		if sig == syscall.SIGSTOP { // delivery is asynchronous: wait until every thread is stopped
+			harness.WaitFor(h.t, 5*time.Second, 5*time.Millisecond, "haproxy stopped", func() (bool, error) {
+				return allThreadsStopped(pid)
+			})
+		}
 	}
+}
+
+// allThreadsStopped reads each thread's state from /proc (field 3 of stat: 'T' when stopped).
+func allThreadsStopped(pid int) (bool, error) {
+	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
+	if err != nil || len(tasks) == 0 {
+		return false, fmt.Errorf("no threads of %d: %v", pid, err)
+	}
+	for _, f := range tasks {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return false, err
+		}
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 || i+2 >= len(b) || b[i+2] != 'T' {
+			return false, fmt.Errorf("%s: not stopped", f)
+		}
+	}
+	return true, nil
 }
 
 // Kill stops the process with SIGKILL (works on a SIGSTOPped one too) and reaps it.

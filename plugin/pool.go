@@ -178,8 +178,6 @@ func (p *Plugin) poolMembers(ctx context.Context) poolIndex {
 	return pi
 }
 
-// runners lists background jobs for Start; each returns its stop function.
-func (p *Plugin) runners() []func() func() { return nil }
 
 
 // PoolMember returns the haproxy backend and server that serve domain (by server name, else by the

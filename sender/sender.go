@@ -41,7 +41,7 @@ type Item struct {
 	Key   string
 	Value string
 	Clock int64 // Unix seconds
-	NS    int64 // nanoseconds within Clock
+	NS    int64 // nanoseconds within Clock (sent only when Clock is set and NS is not 0)
 }
 
 // Result is the server's account of one request.
@@ -114,9 +114,14 @@ func Request(items []Item, now time.Time) ([]byte, error) {
 			return nil, fmt.Errorf("zabbix sender: item %d (host %q, key %q): host and key are required", i, it.Host, it.Key)
 		}
 		w := wireItem{Host: it.Host, Key: it.Key, Value: it.Value}
+		// zabbix_sender sends "ns" only with --with-ns; the server reads a missing ns as 0
 		if it.Clock != 0 {
-			c, ns := it.Clock, it.NS
-			w.Clock, w.NS = &c, &ns
+			c := it.Clock
+			w.Clock = &c
+			if it.NS != 0 {
+				ns := it.NS
+				w.NS = &ns
+			}
 		}
 		req.Data[i] = w
 	}

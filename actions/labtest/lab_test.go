@@ -4,6 +4,7 @@ package labtest
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"net/http"
 	"path/filepath"
@@ -21,7 +22,17 @@ import (
 	"zabbix-agent2-plugin-kvm/tests/lab"
 )
 
-func TestMain(m *testing.M) { lab.Main(m) }
+// TestMain raises the default -parallel (GOMAXPROCS, 2 in CI): the scenarios spend their time waiting
+// out deadlines on separate guests, not computing. An explicit -parallel wins.
+func TestMain(m *testing.M) {
+	flag.Parse()
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == "test.parallel" })
+	if !set {
+		_ = flag.Set("test.parallel", "6")
+	}
+	lab.Main(m)
+}
 
 // boot bounds every wait for a guest to serve: six TCG guests booting at once on 2 cores, next to
 // other test packages, have been seen to take 35 s (≈ 4 s alone).
@@ -206,7 +217,7 @@ func TestRealGuests(t *testing.T) {
 		t.Run("frozen QEMU: gentle and reset time out, destroy+start recovers", func(t *testing.T) {
 			t.Parallel()
 			frozen.Freeze(t)
-			const gentle, forced = 6 * time.Second, 18 * time.Second
+			const gentle, forced = 6 * time.Second, 25 * time.Second // destroy of a stopped QEMU: 12-15 s
 			act := e.actor(t, func(p *actions.Policy) {
 				p.GentleTimeout, p.ForcedTimeout, p.ExecTimeout = gentle, forced, 3*time.Second
 			})

@@ -37,6 +37,9 @@ type Options struct {
 	// "<PluginPath> reboot|reset '<domain>'" through the hypervisor's agent (system.run).
 	// Default /usr/sbin/zabbix-agent2-plugin/zabbix-agent2-plugin-kvm.
 	PluginPath string
+	// ConfigFile, when set, is passed to the plugin as -c (default: the plugin's own default,
+	// /etc/zabbix/zabbix_agent2.d/plugins.d/kvm.conf).
+	ConfigFile string
 
 	// SMTPServer, SMTPPort, SMTPHelo and SMTPFrom configure the "KVM email" media type.
 	// Defaults: localhost, 25, localhost, zabbix@localhost.
@@ -122,6 +125,9 @@ func (o *Options) defaults() error {
 	}
 	if o.HypervisorPort < 1 || o.HypervisorPort > 65535 {
 		return fmt.Errorf("zabbix setup: hypervisor-port %d: want 1-65535", o.HypervisorPort)
+	}
+	if strings.ContainsAny(o.ConfigFile, " '\"\n;&|$`") {
+		return fmt.Errorf("zabbix setup: config-file %q: no spaces, quotes or shell characters (it is run through system.run)", o.ConfigFile)
 	}
 	if strings.ContainsAny(o.PluginPath, " '\"\n;&|$`") {
 		return fmt.Errorf("zabbix setup: plugin-path %q: no spaces, quotes or shell characters (it is run through system.run)", o.PluginPath)
@@ -712,15 +718,31 @@ func (s *setup) user(ctx context.Context) error {
 func (s *setup) scripts(ctx context.Context) error {
 	for _, sc := range []struct{ name, verb, desc string }{
 		{GentleScript, "reboot", "KVM recovery ladder: gentle restart (ACPI / guest agent) of the guest, run by the hypervisor's agent."},
-		{ForcedScript, "reset", "KVM recovery ladder: forced restart (reset) of the guest, run by the hypervisor's agent."},
+		{ForcedScript, "forced-restart", "KVM recovery ladder: forced restart (reset, else destroy + start) of the guest, run by the hypervisor's agent."},
 	} {
 		desired := map[string]any{"name": sc.name, "type": 0, "scope": 1, "execute_on": 0,
-			"command": fmt.Sprintf("%s %s '{$KVM.DOMAIN}'", s.o.PluginPath, sc.verb), "description": sc.desc}
+			"command": s.o.Command(sc.verb), "description": sc.desc}
 		if _, err := s.ensure(ctx, object{kind: "script", api: "script", idField: "scriptid", name: sc.name, desired: desired}); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// Command is the remote command a ladder script runs for verb. The guest is named by {HOST.HOST}, in
+// single quotes: the agent runs the text through /bin/sh, and Zabbix allows only letters, digits,
+// space, dot, dash and underscore in host names, so no quote or shell construct can come from it
+// (a free-text macro such as {$KVM.DOMAIN} could). Guest hosts are named after their domain by the
+// template's host prototype.
+func (o *Options) Command(verb string) string {
+	cmd := o.PluginPath
+	if cmd == "" {
+		cmd = DefaultPlugin
+	}
+	if o.ConfigFile != "" {
+		cmd += " -c " + o.ConfigFile
+	}
+	return cmd + " --caller zabbix " + verb + " '{HOST.HOST}'"
 }
 
 func secs(d time.Duration) string { return fmt.Sprintf("%ds", int(d/time.Second)) }

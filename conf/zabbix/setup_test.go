@@ -433,7 +433,7 @@ func TestLadder70(t *testing.T) {
 	})
 	t.Logf("DOWN -> gentle restart ran: %.2fs", time.Since(down).Seconds())
 	b, _ := os.ReadFile(cmdLog)
-	assert.Equal(t, "reboot web-01\n", string(b), "only the gentle restart of web-01 ran so far")
+	assert.Equal(t, "--caller zabbix reboot web-01\n", string(b), "only the gentle restart of web-01 ran so far")
 
 	var alerts []struct {
 		AlertType string `json:"alerttype"`

@@ -1,0 +1,112 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"zabbix-agent2-plugin-kvm/conf/zabbix"
+)
+
+func init() {
+	verbs["zabbix"] = verb{args: "setup --url URL (--token T | --user U --password P) [flags]",
+		help: "provision templates, media types, on-call group, scripts and the escalation Action (idempotent)", run: cliZabbix}
+	verbs["forced-restart"] = verb{args: "DOMAIN", help: "reset; if the reset fails (hung QEMU), destroy + start (the ladder's forced step)", run: cliForcedRestart}
+}
+
+// cliZabbix is `zabbix setup`: the Zabbix side of the recovery ladder through the API.
+func cliZabbix(env *cliEnv, args []string) int {
+	if len(args) == 0 || args[0] != "setup" {
+		fmt.Fprintln(env.stderr, "usage: zabbix setup --url URL (--token T | --user U --password P) [flags]; zabbix setup --help lists the flags")
+		return 2
+	}
+	fs := flag.NewFlagSet("zabbix setup", flag.ContinueOnError)
+	fs.SetOutput(env.stderr)
+	var o zabbix.Options
+	url := fs.String("url", "", "frontend URL, e.g. https://zabbix.example.com (api_jsonrpc.php is appended)")
+	token := fs.String("token", os.Getenv("ZABBIX_API_TOKEN"), "API token (default $ZABBIX_API_TOKEN)")
+	user := fs.String("user", "", "user name for user.login (instead of a token)")
+	password := fs.String("password", os.Getenv("ZABBIX_PASSWORD"), "password for --user (default $ZABBIX_PASSWORD)")
+	timeout := fs.Duration("timeout", 2*time.Minute, "deadline of the whole setup")
+	fs.StringVar(&o.PluginPath, "plugin-path", zabbix.DefaultPlugin, "plugin binary on the hypervisors (run by the restart scripts)")
+	fs.StringVar(&o.ConfigFile, "config-file", "", "kvm.conf path on the hypervisors, passed as -c (default: the plugin's default)")
+	fs.StringVar(&o.SMTPServer, "smtp-server", "", "SMTP server of the email media type (default localhost)")
+	fs.IntVar(&o.SMTPPort, "smtp-port", 0, "SMTP port (default 25)")
+	fs.StringVar(&o.SMTPHelo, "smtp-helo", "", "SMTP HELO (default localhost)")
+	fs.StringVar(&o.SMTPFrom, "smtp-from", "", "sender address (default zabbix@localhost)")
+	fs.StringVar(&o.ChatURL, "chat-url", "", "chat webhook URL (empty: chat media type disabled)")
+	fs.StringVar(&o.SMSScript, "sms-script", "", "SMS alert script in the server's AlertScriptsPath (default kvm-sms.sh)")
+	fs.StringVar(&o.UserGroup, "user-group", "", `on-call user group (default "KVM on-call")`)
+	fs.StringVar(&o.User, "oncall-user", "", "existing user to put in the on-call group, with the media below")
+	fs.StringVar(&o.UserEmail, "oncall-email", "", "email address of --oncall-user")
+	fs.StringVar(&o.UserChat, "oncall-chat", "", "chat address of --oncall-user")
+	fs.StringVar(&o.UserPhone, "oncall-phone", "", "phone number (SMS) of --oncall-user")
+	fs.DurationVar(&o.GentleAfter, "gentle-after", 0, "time from the first notification to the gentle restart (default 2m, minimum 60s)")
+	fs.DurationVar(&o.ForcedAfter, "forced-after", 0, "time the gentle restart gets before the forced restart (default 3m, minimum 60s)")
+	fs.DurationVar(&o.PageAfter, "page-after", 0, "time out of the pool before the Disaster problem pages the admin on watch (default 15m)")
+	fs.StringVar(&o.HypervisorHost, "hypervisor", "", "create (if missing) and link this hypervisor host to the hypervisor template")
+	fs.StringVar(&o.HypervisorIP, "hypervisor-ip", "", "agent address of --hypervisor (default 127.0.0.1)")
+	fs.IntVar(&o.HypervisorPort, "hypervisor-port", 0, "agent port of --hypervisor (default 10050)")
+	if err := fs.Parse(args[1:]); err != nil {
+		if err == flag.ErrHelp {
+			return 0
+		}
+		return 2
+	}
+	if *url == "" || (*token == "" && *user == "") {
+		fmt.Fprintln(env.stderr, "error: zabbix setup needs --url and either --token or --user/--password")
+		return 2
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	api := zabbix.New(*url)
+	if *token != "" {
+		api.SetToken(*token)
+	} else if err := api.Login(ctx, *user, *password); err != nil {
+		fmt.Fprintf(env.stderr, "error: %v\n", err)
+		return 1
+	}
+	rep, err := zabbix.Setup(ctx, api, o)
+	fmt.Fprint(env.stdout, rep.String())
+	if err != nil {
+		fmt.Fprintf(env.stderr, "error: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// cliForcedRestart is the ladder's forced step: a reset, and when the reset fails (a SIGSTOPped
+// QEMU does not answer its monitor) destroy + start. Each forced call counts against the rate limit.
+func cliForcedRestart(env *cliEnv, args []string) int {
+	if len(args) != 1 {
+		fmt.Fprintln(env.stderr, "usage: forced-restart DOMAIN")
+		return 2
+	}
+	p, a, cfg, rc := actor(env)
+	if rc != 0 {
+		return rc
+	}
+	defer p.Stop()
+	ctx, cancel := deadline(cfg, env, 2)
+	defer cancel()
+	var steps []any
+	res, err := a.Do(ctx, "reset", args[0])
+	steps = append(steps, res)
+	if err != nil && !refused(err) && res.Before.State != "shutoff" {
+		var r2 any
+		r2, err = a.Do(ctx, "destroy", args[0])
+		steps = append(steps, r2)
+		if err == nil {
+			r2, err = a.Do(ctx, "start", args[0])
+			steps = append(steps, r2)
+		}
+	} else if err != nil && res.Before.State == "shutoff" {
+		var r2 any
+		r2, err = a.Do(ctx, "start", args[0])
+		steps = append(steps, r2)
+	}
+	return report(env.stdout, env.stderr, steps, err)
+}
+
