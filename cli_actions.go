@@ -160,4 +160,6 @@ func cliPool(env *cliEnv, args []string) int {
 	return report(env.stdout, env.stderr, out, err)
 }
 
-func refused(err error) bool { return errors.Is(err, actions.ErrRefused) || errors.Is(err, actions.ErrBusy) }
+func refused(err error) bool {
+	return errors.Is(err, actions.ErrRefused) || errors.Is(err, actions.ErrBusy)
+}

@@ -109,4 +109,3 @@ func cliForcedRestart(env *cliEnv, args []string) int {
 	}
 	return report(env.stdout, env.stderr, steps, err)
 }
-

@@ -34,8 +34,8 @@ func portParam(def string) *metric.Param {
 
 // keyTable is the plugin's public interface: key → declaration + handler. Names are stable.
 var keyTable = map[string]keyDef{
-	"kvm.hypervisor.ping": {metric.New("Returns 1 if libvirt answers within the timeout, else 0.", nil, false), hypervisorPing},
-	"kvm.hypervisor.get": {metric.New("Hypervisor facts and domain counts by state, as JSON.", nil, false), hypervisorGet},
+	"kvm.hypervisor.ping":  {metric.New("Returns 1 if libvirt answers within the timeout, else 0.", nil, false), hypervisorPing},
+	"kvm.hypervisor.get":   {metric.New("Hypervisor facts and domain counts by state, as JSON.", nil, false), hypervisorGet},
 	"kvm.domain.discovery": {metric.New("LLD of libvirt domains in any state, with title, private address and haproxy server.", nil, false), domainDiscovery},
 	"kvm.domain.get": {metric.New("Domain state, CPU, memory, disk and interface counters, as JSON (master item).",
 		[]*metric.Param{domainParam()}, false), domainGet},

@@ -178,8 +178,6 @@ func (p *Plugin) poolMembers(ctx context.Context) poolIndex {
 	return pi
 }
 
-
-
 // PoolMember returns the haproxy backend and server that serve domain (by server name, else by the
 // domain's private address), or empty strings.
 func (p *Plugin) PoolMember(ctx context.Context, domain string) (string, string) {

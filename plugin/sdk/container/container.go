@@ -257,7 +257,7 @@ type exportContext struct {
 	ctx     context.Context
 }
 
-func (e exportContext) Timeout() int              { return e.timeout }
+func (e exportContext) Timeout() int             { return e.timeout }
 func (e exportContext) Context() context.Context { return e.ctx }
 
 func (h *Handler) export(req comms.ExportRequest) {

@@ -312,9 +312,9 @@ func TestExportDeadline(t *testing.T) {
 func TestMalformedInputIsLoggedNotFatal(t *testing.T) {
 	a := start(t)
 	var logs []map[string]any
-	a.sendRaw(append([]byte{1, 0, 0, 0, 5, 0, 0, 0}, "hello"...))                   // not JSON
-	a.sendRaw(append([]byte{2, 0, 0, 0, 2, 0, 0, 0}, "{}"...))                      // unknown payload type
-	a.send(comms.Common{ID: 5, Type: 77})                                           // unknown message type
+	a.sendRaw(append([]byte{1, 0, 0, 0, 5, 0, 0, 0}, "hello"...))                      // not JSON
+	a.sendRaw(append([]byte{2, 0, 0, 0, 2, 0, 0, 0}, "{}"...))                         // unknown payload type
+	a.send(comms.Common{ID: 5, Type: 77})                                              // unknown message type
 	a.sendRaw(append([]byte{1, 0, 0, 0, 25, 0, 0, 0}, `{"id":6,"type":6,"key":7}`...)) // key is a number
 	r := a.next(&logs)
 	require.Equal(t, float64(6), r["id"])
