@@ -26,11 +26,12 @@ func Discovery(stats []Stat) (string, error) {
 	return marshal("haproxy.discovery", rows)
 }
 
-// DomainOf maps a server's IP address to the libvirt domain (guest) that owns it.
-type DomainOf func(ip string) (domain string, ok bool)
+// DomainOf maps a server to the libvirt domain (guest) behind it, from the server's name (servers
+// named after their domain) and IP address ("" when the address has none).
+type DomainOf func(server, ip string) (domain string, ok bool)
 
 // ServerDiscovery is haproxy.server.discovery: one LLD row per server. {#KVM.DOMAIN.NAME} is present
-// only when domainOf (may be nil) maps the server's IP to a guest of this hypervisor.
+// only when domainOf (may be nil) maps the server to a guest of this hypervisor.
 //
 //	[{"{#HAPROXY.BACKEND}":"web","{#HAPROXY.SERVER}":"web-01","{#HAPROXY.ADDR}":"10.0.0.11:80","{#KVM.DOMAIN.NAME}":"web-01"}]
 func ServerDiscovery(stats []Stat, domainOf DomainOf) (string, error) {
@@ -42,10 +43,8 @@ func ServerDiscovery(stats []Stat, domainOf DomainOf) (string, error) {
 		}
 		row := map[string]string{"{#HAPROXY.BACKEND}": s.Proxy, "{#HAPROXY.SERVER}": s.Name, "{#HAPROXY.ADDR}": s.Addr}
 		if domainOf != nil {
-			if ip := AddrIP(s.Addr); ip != "" {
-				if d, ok := domainOf(ip); ok && d != "" {
-					row["{#KVM.DOMAIN.NAME}"] = d
-				}
+			if d, ok := domainOf(s.Name, AddrIP(s.Addr)); ok && d != "" {
+				row["{#KVM.DOMAIN.NAME}"] = d
 			}
 		}
 		rows = append(rows, row)

@@ -330,7 +330,7 @@ func TestServerDiscoveryMapsDomains(t *testing.T) {
 		}
 	}
 	var asked []string
-	sd, err := ServerDiscovery(stats, func(ip string) (string, bool) {
+	sd, err := ServerDiscovery(stats, func(_, ip string) (string, bool) {
 		asked = append(asked, ip)
 		return "guest-web-01", ip == "10.77.0.11"
 	})

@@ -1,19 +1,8 @@
 package haproxy
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"net"
-	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"strconv"
-	"sync"
-	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -23,210 +12,21 @@ import (
 // Live tests use loopback ports in this range (see harness.FreePort).
 const portLo, portHi = 18000, 18999
 
-// httpBackend is a real HTTP server on a fixed loopback port that a test can stop and start again,
-// so haproxy's checks see a refused connection and then a healthy server on the same address.
-type httpBackend struct {
-	t    testing.TB
-	Port int
-	Code atomic.Int32 // status the server answers, 200 unless a test changes it
+// liveHAProxy is a real haproxy run by the test (tests/harness.HAProxy) with a client for its socket.
+type liveHAProxy struct{ *harness.HAProxy }
 
-	mu   sync.Mutex
-	srv  *http.Server
-	done chan struct{}
-}
+type httpBackend = harness.HTTPBackend
 
-func newBackend(t testing.TB) *httpBackend {
-	t.Helper()
-	b := &httpBackend{t: t, Port: harness.FreePort(t, portLo, portHi)}
-	b.Code.Store(200)
-	b.Start()
-	t.Cleanup(b.Stop)
-	return b
-}
+func newBackend(t testing.TB) *httpBackend { return harness.NewHTTPBackend(t, portLo, portHi) }
 
-func (b *httpBackend) Addr() string { return "127.0.0.1:" + strconv.Itoa(b.Port) }
-
-func (b *httpBackend) Start() {
-	b.t.Helper()
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.srv != nil {
-		return
-	}
-	var ln net.Listener
-	// The port was ours a moment ago; a closed listener frees it at once on Linux, but retry briefly.
-	harness.WaitFor(b.t, 5*time.Second, 20*time.Millisecond, "listen on "+b.Addr(), func() (bool, error) {
-		var err error
-		ln, err = net.Listen("tcp", b.Addr())
-		return err == nil, err
-	})
-	b.srv = &http.Server{
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			w.WriteHeader(int(b.Code.Load()))
-			fmt.Fprintln(w, "backend", b.Port)
-		}),
-		ReadHeaderTimeout: 5 * time.Second,
-	}
-	b.done = make(chan struct{})
-	go func(srv *http.Server, done chan struct{}) {
-		defer close(done)
-		_ = srv.Serve(ln)
-	}(b.srv, b.done)
-}
-
-func (b *httpBackend) Stop() {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.srv == nil {
-		return
-	}
-	_ = b.srv.Close()
-	<-b.done
-	b.srv, b.done = nil, nil
-}
-
-// liveHAProxy is the Debian haproxy binary run in the foreground (-db) by a test, killed by PID.
-type liveHAProxy struct {
-	t    testing.TB
-	Dir  string
-	Cfg  string
-	Sock string // unix stats socket path (level admin)
-
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{}
-}
-
-// newHAProxy writes cfg (which must use the socket path h.Sock, given to it through build) and starts haproxy.
 func newHAProxy(t testing.TB, build func(sock string) string) *liveHAProxy {
-	t.Helper()
-	harness.RequireTool(t, "haproxy", "scripts/deps.sh haproxy")
-	dir := t.TempDir()
-	h := &liveHAProxy{t: t, Dir: dir, Cfg: filepath.Join(dir, "haproxy.cfg"), Sock: filepath.Join(dir, "admin.sock")}
-	if len(h.Sock)+20 > 107 { // haproxy binds "<path>.<pid>.tmp" first; sun_path is 108 bytes
-		t.Fatalf("stats socket path %s is too long for a unix socket: shorten the test name", h.Sock)
-	}
-	if err := os.WriteFile(h.Cfg, []byte(build(h.Sock)), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	out, err := exec.Command("haproxy", "-c", "-q", "-f", h.Cfg).CombinedOutput()
-	if err != nil {
-		t.Fatalf("haproxy -c: %v\n%s", err, out)
-	}
-	t.Cleanup(func() {
-		h.Kill()
-		if t.Failed() {
-			log, _ := os.ReadFile(filepath.Join(dir, "haproxy.log"))
-			t.Logf("haproxy log:\n%s", log)
-		}
-	})
-	h.Start()
-	return h
-}
-
-// Start runs a new haproxy process and waits until its own PID answers on the stats socket.
-func (h *liveHAProxy) Start() {
-	h.t.Helper()
-	h.mu.Lock()
-	if h.cmd != nil {
-		h.mu.Unlock()
-		h.t.Fatal("haproxy already running")
-	}
-	logf, err := os.OpenFile(filepath.Join(h.Dir, "haproxy.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		h.mu.Unlock()
-		h.t.Fatal(err)
-	}
-	cmd := exec.Command("haproxy", "-f", h.Cfg, "-db")
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		h.mu.Unlock()
-		h.t.Fatalf("start haproxy: %v", err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); logf.Close(); close(done) }()
-	h.cmd, h.done = cmd, done
-	h.mu.Unlock()
-
-	c := h.Client()
-	want := strconv.Itoa(cmd.Process.Pid)
-	harness.WaitFor(h.t, 10*time.Second, 20*time.Millisecond, "haproxy pid "+want+" on "+h.Sock, func() (bool, error) {
-		select {
-		case <-done:
-			return false, errors.New("haproxy exited")
-		default:
-		}
-		info, err := c.ShowInfo(context.Background())
-		if err != nil {
-			return false, err
-		}
-		return info["Pid"] == want, fmt.Errorf("socket answered by pid %s", info["Pid"])
-	})
-}
-
-// PID of the running process (0 when stopped).
-func (h *liveHAProxy) PID() int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.cmd == nil {
-		return 0
-	}
-	return h.cmd.Process.Pid
-}
-
-// Signal sends sig to the running process (SIGSTOP/SIGCONT to freeze it).
-func (h *liveHAProxy) Signal(sig syscall.Signal) {
-	h.t.Helper()
-	if pid := h.PID(); pid != 0 {
-		if err := syscall.Kill(pid, sig); err != nil {
-			h.t.Fatalf("signal haproxy %d: %v", pid, err)
-		}
-		if sig == syscall.SIGSTOP { // delivery is asynchronous: wait until every thread is stopped
-			harness.WaitFor(h.t, 5*time.Second, 5*time.Millisecond, "haproxy stopped", func() (bool, error) {
-				return allThreadsStopped(pid)
-			})
-		}
-	}
-}
-
-// allThreadsStopped reads each thread's state from /proc (field 3 of stat: 'T' when stopped).
-func allThreadsStopped(pid int) (bool, error) {
-	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
-	if err != nil || len(tasks) == 0 {
-		return false, fmt.Errorf("no threads of %d: %v", pid, err)
-	}
-	for _, f := range tasks {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return false, err
-		}
-		i := bytes.LastIndexByte(b, ')')
-		if i < 0 || i+2 >= len(b) || b[i+2] != 'T' {
-			return false, fmt.Errorf("%s: not stopped", f)
-		}
-	}
-	return true, nil
-}
-
-// Kill stops the process with SIGKILL (works on a SIGSTOPped one too) and reaps it.
-func (h *liveHAProxy) Kill() {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.cmd == nil {
-		return
-	}
-	_ = syscall.Kill(-h.cmd.Process.Pid, syscall.SIGKILL)
-	<-h.done
-	h.cmd, h.done = nil, nil
+	return &liveHAProxy{harness.StartHAProxy(t, build)}
 }
 
 func (h *liveHAProxy) Client() *Client {
-	h.t.Helper()
 	c, err := New(h.Sock, 2*time.Second)
 	if err != nil {
-		h.t.Fatal(err)
+		panic(err) // the path was accepted by haproxy itself
 	}
 	return c
 }

@@ -16,7 +16,7 @@ const (
 
 // Pusher turns Watcher changes into Zabbix sender values: the new status to the hypervisor's host
 // under haproxy.server.status.push[<backend>,<server>], and, when the server's address belongs to a
-// guest, to that guest's host under kvm.domain.pool.push.
+// guest (DomainOf), to that guest's host under kvm.domain.pool.push.
 type Pusher struct {
 	Sender   *sender.Client
 	Host     string   // the hypervisor's Zabbix host name
@@ -34,10 +34,8 @@ func (p *Pusher) Items(c Change) []sender.Item {
 		Value: c.New, Clock: clock, NS: ns,
 	}}
 	if p.DomainOf != nil {
-		if ip := AddrIP(c.Addr); ip != "" {
-			if d, ok := p.DomainOf(ip); ok && d != "" {
-				items = append(items, sender.Item{Host: d, Key: PushDomainKey, Value: c.New, Clock: clock, NS: ns})
-			}
+		if d, ok := p.DomainOf(c.Server, AddrIP(c.Addr)); ok && d != "" {
+			items = append(items, sender.Item{Host: d, Key: PushDomainKey, Value: c.New, Clock: clock, NS: ns})
 		}
 	}
 	return items

@@ -17,7 +17,7 @@ import (
 
 func TestPusherItems(t *testing.T) {
 	at := time.Unix(1700000000, 123)
-	guests := func(ip string) (string, bool) {
+	guests := func(_, ip string) (string, bool) {
 		return map[string]string{"10.77.0.11": "web-01"}[ip], ip == "10.77.0.11"
 	}
 	tests := []struct {
@@ -101,7 +101,7 @@ func TestLiveWatcherPushes(t *testing.T) {
 	addr, reqs := trapper(t)
 	sc, err := sender.New(addr, 2*time.Second)
 	require.NoError(t, err)
-	p := &Pusher{Sender: sc, Host: "hv01", DomainOf: func(ip string) (string, bool) { return "guest-web-01", ip == "127.0.0.1" }}
+	p := &Pusher{Sender: sc, Host: "hv01", DomainOf: func(_, ip string) (string, bool) { return "guest-web-01", ip == "127.0.0.1" }}
 	pushErrs := make(chan error, 4)
 	w := &Watcher{Client: c, Interval: 50 * time.Millisecond, OnChange: func(ch Change) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

@@ -20,12 +20,14 @@ func domainDiscovery(p *Plugin, ctx context.Context, _ map[string]string) (any, 
 	if err != nil {
 		return nil, err
 	}
-	pool := p.poolMembers(ctx)
-	rows := make([]map[string]string, 0, len(snap.Records))
 	keep := make(map[string]bool, len(snap.Records))
 	for i := range snap.Records {
+		keep[snap.Records[i].Name] = true
+	}
+	pool := p.poolMembers(ctx, keep)
+	rows := make([]map[string]string, 0, len(snap.Records))
+	for i := range snap.Records {
 		r := &snap.Records[i]
-		keep[r.Name] = true
 		st, _ := r.StateCode()
 		row := map[string]string{
 			"{#KVM.DOMAIN.NAME}": r.Name, "{#KVM.DOMAIN.UUID}": r.UUID, "{#KVM.DOMAIN.STATE}": kvm.StateName(st),

@@ -78,11 +78,7 @@ func haproxyServerDiscovery(p *Plugin, ctx context.Context, _ map[string]string)
 	if err != nil {
 		return nil, err
 	}
-	byIP := p.domainsByIP(ctx)
-	return haproxy.ServerDiscovery(st, func(ip string) (string, bool) {
-		d, ok := byIP[ip]
-		return d, ok
-	})
+	return haproxy.ServerDiscovery(st, p.domainOf(ctx))
 }
 
 func haproxyGet(p *Plugin, ctx context.Context, _ map[string]string) (any, error) {
@@ -132,6 +128,29 @@ func haproxyServerSet(p *Plugin, ctx context.Context, params map[string]string) 
 	return "1", nil
 }
 
+// domainOf maps an haproxy server to its guest: a domain named like the server, else the domain
+// that owns the server's address.
+func (p *Plugin) domainOf(ctx context.Context) haproxy.DomainOf {
+	_, cache, _, _ := p.parts()
+	snap, _ := cache.Get(ctx)
+	var byIP map[string]string
+	return func(server, ip string) (string, bool) {
+		if snap != nil {
+			if _, err := snap.Lookup(server); err == nil {
+				return server, true
+			}
+		}
+		if ip == "" {
+			return "", false
+		}
+		if byIP == nil {
+			byIP = p.domainsByIP(ctx)
+		}
+		d, ok := byIP[ip]
+		return d, ok
+	}
+}
+
 // domainsByIP maps the private addresses known to the inventory to domain names (cached only:
 // server discovery must not wait on guest agents).
 func (p *Plugin) domainsByIP(ctx context.Context) map[string]string {
@@ -150,8 +169,9 @@ func (p *Plugin) domainsByIP(ctx context.Context) map[string]string {
 }
 
 // poolMembers indexes haproxy's servers by name and address for domain discovery; without haproxy,
-// or when the socket does not answer, the index is empty and discovery goes on without it.
-func (p *Plugin) poolMembers(ctx context.Context) poolIndex {
+// or when the socket does not answer, the index is empty and discovery goes on without it. A server
+// named after a domain belongs to that domain only, so it never claims another guest's address.
+func (p *Plugin) poolMembers(ctx context.Context, domains map[string]bool) poolIndex {
 	pi := poolIndex{byName: map[string]member{}, byIP: map[string]member{}}
 	st, err := haproxyStats(p, ctx)
 	if err != nil {
@@ -169,7 +189,7 @@ func (p *Plugin) poolMembers(ctx context.Context) poolIndex {
 		if _, dup := pi.byName[s.Name]; !dup {
 			pi.byName[s.Name] = m
 		}
-		if ip := haproxy.AddrIP(s.Addr); ip != "" {
+		if ip := haproxy.AddrIP(s.Addr); ip != "" && !domains[s.Name] {
 			if _, dup := pi.byIP[ip]; !dup {
 				pi.byIP[ip] = m
 			}
@@ -181,12 +201,18 @@ func (p *Plugin) poolMembers(ctx context.Context) poolIndex {
 // PoolMember returns the haproxy backend and server that serve domain (by server name, else by the
 // domain's private address), or empty strings.
 func (p *Plugin) PoolMember(ctx context.Context, domain string) (string, string) {
-	_, _, inv, _ := p.parts()
+	_, cache, inv, _ := p.parts()
 	ip := ""
 	if in, err := inv.Get(ctx, domain, true); err == nil {
 		ip = in.IP
 	}
-	if m, ok := p.poolMembers(ctx).find(domain, ip); ok {
+	names := map[string]bool{}
+	if snap, err := cache.Get(ctx); err == nil {
+		for i := range snap.Records {
+			names[snap.Records[i].Name] = true
+		}
+	}
+	if m, ok := p.poolMembers(ctx, names).find(domain, ip); ok {
 		return m.Backend, m.Server
 	}
 	return "", ""

@@ -43,11 +43,8 @@ func (p *Plugin) startPush() func() {
 		OnChange: func(c haproxy.Change) {
 			ctx, cancel := context.WithTimeout(context.Background(), cfg.Timeout)
 			defer cancel()
-			items := pusher.Items(c)
-			if d := p.domainOfServer(ctx, c); d != "" {
-				items = append(items, sender.Item{Host: d, Key: haproxy.PushDomainKey, Value: c.New, Clock: items[0].Clock, NS: items[0].NS})
-			}
-			res, err := snd.Send(ctx, items...)
+			pusher.DomainOf = p.domainOf(ctx)
+			res, err := snd.Send(ctx, pusher.Items(c)...)
 			if err != nil {
 				p.Warningf("haproxy push %s/%s %s→%s: %v", c.Backend, c.Server, c.Old, c.New, err)
 				return
@@ -70,19 +67,4 @@ func (p *Plugin) startPush() func() {
 	}
 	p.Infof("haproxy push: watching %s every %s, sending to %s as host %s", cfg.HAProxySocket, cfg.PushInterval, cfg.PushServer, cfg.PushHost)
 	return w.Stop
-}
-
-// domainOfServer names the guest behind a changed server: a domain with the server's name, else the
-// domain that owns the server's address.
-func (p *Plugin) domainOfServer(ctx context.Context, c haproxy.Change) string {
-	_, cache, _, _ := p.parts()
-	if snap, err := cache.Get(ctx); err == nil {
-		if _, err := snap.Lookup(c.Server); err == nil {
-			return c.Server
-		}
-	}
-	if ip := haproxy.AddrIP(c.Addr); ip != "" {
-		return p.domainsByIP(ctx)[ip]
-	}
-	return ""
 }

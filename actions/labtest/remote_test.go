@@ -1,0 +1,112 @@
+package labtest
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"zabbix-agent2-plugin-kvm/tests/harness"
+	"zabbix-agent2-plugin-kvm/tests/lab"
+)
+
+// TestRemoteCommandRebootsGuest: the documented path of a Zabbix Action. A real zabbix_agent2 7.0,
+// allowed to run only the plugin binary, gets system.run[<plugin> … reboot '<host>',nowait]; the
+// plugin reboots a real guest, verified by the guest's reset, and audits it. Hostile names in the
+// host position run nothing else: the guest keeps its QEMU process and no marker file appears.
+func TestRemoteCommandRebootsGuest(t *testing.T) {
+	e := newEnv(t)
+	g := e.guest(t, "act-remote", lab.GuestOpts{ACPI: true, Agent: true})
+	bin := harness.PluginBinary(t)
+	dir := t.TempDir()
+	conf, audit := filepath.Join(dir, "kvm.conf"), filepath.Join(dir, "audit.log")
+	require.NoError(t, os.WriteFile(conf, []byte(fmt.Sprintf(
+		"Plugins.KVM.System.Path=%s\nPlugins.KVM.URI=%s\nPlugins.KVM.Actions.Enable=1\nPlugins.KVM.Actions.AllowDomains=act-.*\n"+
+			"Plugins.KVM.Actions.GentleSeconds=60\nPlugins.KVM.StateDir=%s/state\nPlugins.KVM.AuditLog=%s\n",
+		bin, e.lab.URI(), dir, audit)), 0o644))
+	agent := harness.WriteAgentConf(t, "7.0", harness.AgentOptions{Plugin: bin, Timeout: 30,
+		Options: map[string]string{"URI": e.lab.URI()},
+		// the shipped rules (conf/zabbix_agent2.conf) with the test build's path
+		Extra: []string{"AllowKey=system.run[" + bin + " *,*]", "AllowKey=system.run[" + bin + " *]", "DenyKey=system.run[*]"}})
+	agent.Start(t)
+	g.WaitAgent(t, boot)
+	pid := g.PID(t)
+
+	// what the provisioned global script holds, {HOST.HOST} expanded by Zabbix
+	script := func(verb, host string) string {
+		return fmt.Sprintf("%s -c %s --caller zabbix %s '%s'", bin, conf, verb, host)
+	}
+	auditLines := func() []map[string]any {
+		f, err := os.Open(audit)
+		if os.IsNotExist(err) {
+			return nil
+		}
+		require.NoError(t, err)
+		defer f.Close()
+		var out []map[string]any
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			var m map[string]any
+			require.NoError(t, json.Unmarshal(sc.Bytes(), &m), sc.Text())
+			out = append(out, m)
+		}
+		return out
+	}
+
+	t0 := time.Now()
+	out, err := agent.Query("system.run["+script("reboot", g.Name())+",nowait]", 10*time.Second)
+	require.NoError(t, err)
+	require.Equal(t, "1", out, "nowait: the agent answers at once")
+	harness.WaitFor(t, 90*time.Second, 100*time.Millisecond, "the reboot's audit line", func() (bool, error) {
+		return len(auditLines()) == 1, nil
+	})
+	l := auditLines()[0]
+	assert.Equal(t, "reboot", l["verb"])
+	assert.Equal(t, "zabbix", l["caller"])
+	assert.Equal(t, g.Name(), l["domain"])
+	require.Equal(t, "done", l["outcome"], "%v", l)
+	assert.Contains(t, l["detail"], "guest reset observed")
+	g.WaitHTTP(t, boot)
+	t.Logf("remote reboot: HTTP again %.1fs after the system.run request", time.Since(t0).Seconds())
+	assert.Equal(t, pid, g.PID(t), "a gentle reboot keeps the QEMU process")
+
+	marker := filepath.Join(dir, "pwned")
+	hostile := []string{
+		g.Name() + ";virsh -c " + e.lab.URI() + " destroy " + g.Name() + ";touch " + marker,
+		g.Name() + "$(touch " + marker + ")",
+		g.Name() + "`touch " + marker + "`",
+		g.Name() + "|touch " + marker,
+		g.Name() + " && touch " + marker,
+		"act-ünïcode $(touch " + marker + ")",
+	}
+	for _, n := range hostile {
+		out, err := agent.Query("system.run["+quoteParam(script("destroy", n))+",wait]", 30*time.Second)
+		require.NoError(t, err, n)
+		assert.Contains(t, out, `"outcome": "failed"`, n)
+		assert.Contains(t, out, "no such domain", n)
+	}
+	lines := auditLines()
+	require.Len(t, lines, 1+len(hostile), "one audit line per attempt")
+	for i, n := range hostile {
+		assert.Equal(t, n, lines[1+i]["domain"], "the plugin got the name literally, as one argument")
+	}
+	_, err = os.Stat(marker)
+	assert.True(t, os.IsNotExist(err), "a shell construct inside a name ran")
+	assert.Equal(t, "running", g.State(t))
+	assert.Equal(t, pid, g.PID(t), "the guest was not destroyed")
+}
+
+// quoteParam quotes an item-key parameter as Zabbix does when a command holds commas, brackets or quotes.
+func quoteParam(s string) string {
+	if !strings.ContainsAny(s, ",]\"") && !strings.HasPrefix(s, " ") {
+		return s
+	}
+	return `"` + strings.ReplaceAll(s, `"`, `\"`) + `"`
+}

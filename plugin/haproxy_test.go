@@ -1,0 +1,189 @@
+package plugin
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"zabbix-agent2-plugin-kvm/kvm/kvmtest"
+	"zabbix-agent2-plugin-kvm/plugin/sdk/conf"
+	"zabbix-agent2-plugin-kvm/sender"
+	"zabbix-agent2-plugin-kvm/tests/harness"
+)
+
+// The haproxy keys and the push, wired through the plugin, against a real haproxy that
+// health-checks HTTP backends on loopback, with libvirt test-driver domains as the guests.
+func TestHAProxyKeysAndPush(t *testing.T) {
+	named := harness.NewHTTPBackend(t, 18000, 18999) // server named after its domain
+	byIP := harness.NewHTTPBackend(t, 18000, 18999)  // server found by the domain's address
+	h := harness.StartHAProxy(t, func(sock string) string {
+		return fmt.Sprintf(`global
+  stats socket %s mode 600 level admin
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 5s
+  timeout server 5s
+  default-server inter 200ms fall 2 rise 1
+frontend fe
+  bind 127.0.0.1:%d
+  default_backend web
+backend web
+  option httpchk GET /
+  server vm-named %s check
+  server srv-2 %s check
+`, sock, harness.FreePort(t, 18000, 18999), named.Addr(), byIP.Addr())
+	})
+	uri := kvmtest.NodeURI(t, []kvmtest.Domain{{Name: "vm-named", IP: "127.0.0.9"}, {Name: "ip-guest", IP: "127.0.0.1"}})
+	trap, frames := trapper(t)
+	dir := t.TempDir()
+	c, err := ParseOptions(map[string]conf.Value{
+		"URI": {Value: uri}, "Timeout": {Value: "3"}, "HAProxy.Socket": {Value: h.Sock},
+		"Actions.Enable": {Value: "1"}, "Actions.AllowDomains": {Value: ".*"},
+		"StateDir": {Value: dir + "/state"}, "AuditLog": {Value: dir + "/audit.log"},
+		"Push.Server": {Value: trap}, "Push.Host": {Value: "hv-01"},
+	}, 3)
+	require.NoError(t, err)
+	p := New()
+	p.Apply(c)
+	p.Start()
+	t.Cleanup(p.Stop)
+
+	harness.WaitFor(t, 10*time.Second, 50*time.Millisecond, "both servers UP", func() (bool, error) {
+		v, err := get(t, p, "haproxy.get")
+		return err == nil && strings.Count(v, `"status":"UP"`) == 3, err // two servers and the backend
+	})
+	v, err := get(t, p, "haproxy.discovery")
+	require.NoError(t, err)
+	require.Contains(t, v, `{"{#HAPROXY.NAME}":"fe","{#HAPROXY.TYPE}":"FRONTEND"}`)
+	require.Contains(t, v, `{"{#HAPROXY.NAME}":"web","{#HAPROXY.TYPE}":"BACKEND"}`)
+
+	var servers []map[string]string
+	v, err = get(t, p, "haproxy.server.discovery")
+	require.NoError(t, err)
+	require.NoError(t, json.Unmarshal([]byte(v), &servers))
+	require.Len(t, servers, 2)
+	require.Equal(t, "vm-named", servers[0]["{#KVM.DOMAIN.NAME}"], "mapped by name")
+	require.Equal(t, "ip-guest", servers[1]["{#KVM.DOMAIN.NAME}"], "mapped by address")
+
+	v, err = get(t, p, "kvm.domain.discovery")
+	require.NoError(t, err)
+	require.Contains(t, v, `"{#KVM.DOMAIN.HAPROXY.BACKEND}":"web","{#KVM.DOMAIN.HAPROXY.SERVER}":"vm-named"`)
+	require.Contains(t, v, `"{#KVM.DOMAIN.HAPROXY.BACKEND}":"web","{#KVM.DOMAIN.HAPROXY.SERVER}":"srv-2"`)
+
+	info, err := get(t, p, "haproxy.info")
+	require.NoError(t, err)
+	require.Contains(t, info, fmt.Sprintf(`"Pid":"%d"`, h.PID()))
+
+	status := func(server string) map[string]any {
+		v, err := get(t, p, "haproxy.server.status", "web", server)
+		require.NoError(t, err)
+		var m map[string]any
+		require.NoError(t, json.Unmarshal([]byte(v), &m))
+		return m
+	}
+	require.Equal(t, "UP", status("vm-named")["status"])
+	_, err = get(t, p, "haproxy.server.status", "web", "nope")
+	require.ErrorContains(t, err, "haproxy.server.status[web,nope]")
+
+	// a backend dies: haproxy marks it DOWN and the push reaches the trapper within about a second
+	named.Stop()
+	got := awaitPush(t, frames, "vm-named", "DOWN")
+	require.ElementsMatch(t, []string{"hv-01/haproxy.server.status.push[web,vm-named]", "vm-named/kvm.domain.pool.push"}, got)
+	require.Equal(t, "DOWN", status("vm-named")["status"])
+	named.Start()
+	awaitPush(t, frames, "vm-named", "UP")
+
+	// pool changes through the action key, audited
+	v, err = get(t, p, "haproxy.server.set", "web", "srv-2", "drain")
+	require.NoError(t, err)
+	require.Equal(t, "1", v)
+	require.Equal(t, "drain", status("srv-2")["admin_state"])
+	_, err = get(t, p, "haproxy.server.set", "web", "srv-2", "ready")
+	require.NoError(t, err)
+	require.Equal(t, "ready", status("srv-2")["admin_state"])
+	_, err = get(t, p, "haproxy.server.set", "web", "srv-2", "off")
+	require.ErrorContains(t, err, `invalid parameter State "off": must be one of ready, drain, maint`)
+	audit, err := os.ReadFile(filepath.Join(dir, "audit.log"))
+	require.NoError(t, err)
+	require.Equal(t, 2, strings.Count(string(audit), `"domain":"web/srv-2"`))
+}
+
+func TestHAProxyNotConfiguredOrGone(t *testing.T) {
+	p := configured(t, "test:///default")
+	_, err := get(t, p, "haproxy.get")
+	require.ErrorContains(t, err, "haproxy is not configured: set Plugins.KVM.HAProxy.Socket")
+	missing := filepath.Join(t.TempDir(), "admin.sock")
+	p = configured(t, "test:///default", "HAProxy.Socket", missing)
+	_, err = get(t, p, "haproxy.discovery")
+	require.ErrorContains(t, err, missing)
+	// domain discovery goes on without haproxy
+	v, err := get(t, p, "kvm.domain.discovery")
+	require.NoError(t, err)
+	require.Contains(t, v, `"{#KVM.DOMAIN.NAME}":"test"`)
+}
+
+// trapper is a loopback stand-in for the Zabbix server's trapper (the real server gets the push in
+// tests/e2e): it decodes each sender frame and answers success.
+func trapper(t *testing.T) (string, <-chan []sender.Item) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { ln.Close() })
+	ch := make(chan []sender.Item, 32)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func(c net.Conn) {
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+				payload, err := sender.ReadFrame(c, 1<<20)
+				if err != nil {
+					return
+				}
+				var req struct {
+					Request string        `json:"request"`
+					Data    []sender.Item `json:"data"`
+				}
+				if json.Unmarshal(payload, &req) != nil || req.Request != "sender data" {
+					return
+				}
+				ch <- req.Data
+				resp := fmt.Sprintf(`{"response":"success","info":"processed: %d; failed: 0; total: %d; seconds spent: 0.000050"}`, len(req.Data), len(req.Data))
+				_, _ = c.Write(sender.Frame([]byte(resp)))
+			}(c)
+		}
+	}()
+	return ln.Addr().String(), ch
+}
+
+// awaitPush waits for the push of server's new status and returns "host/key" of its items.
+func awaitPush(t *testing.T, frames <-chan []sender.Item, server, status string) []string {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case items := <-frames:
+			if len(items) > 0 && strings.Contains(items[0].Key, ","+server+"]") && items[0].Value == status {
+				var out []string
+				for _, it := range items {
+					require.Equal(t, status, it.Value)
+					out = append(out, it.Host+"/"+it.Key)
+				}
+				return out
+			}
+		case <-deadline:
+			t.Fatalf("no push of %s %s within 10 s", server, status)
+		}
+	}
+}
+
