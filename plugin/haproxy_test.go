@@ -186,4 +186,3 @@ func awaitPush(t *testing.T, frames <-chan []sender.Item, server, status string)
 		}
 	}
 }
-
