@@ -29,7 +29,7 @@ func TestMain(m *testing.M) {
 	set := false
 	flag.Visit(func(f *flag.Flag) { set = set || f.Name == "test.parallel" })
 	if !set {
-		_ = flag.Set("test.parallel", "6")
+		_ = flag.Set("test.parallel", "8")
 	}
 	lab.Main(m)
 }
@@ -154,11 +154,13 @@ func TestRealGuests(t *testing.T) {
 	deaf := e.guest(t, "act-deaf", lab.GuestOpts{})                        // Linux that ignores ACPI, no agent
 	bios := e.guest(t, "act-bios", lab.GuestOpts{NoKernel: true})          // sits in SeaBIOS
 	frozen := e.guest(t, "act-frozen", lab.GuestOpts{ACPI: true, Agent: true})
-	for _, g := range []*lab.Guest{life, web, noAgent, deaf, frozen} {
+	remote := e.guest(t, "act-remote", lab.GuestOpts{ACPI: true, Agent: true}) // rebooted through zabbix_agent2
+	harness.PluginBinary(t) // build it while the guests boot
+	for _, g := range []*lab.Guest{life, web, noAgent, deaf, frozen, remote} {
 		g.WaitHTTP(t, boot)
 	}
 	// the agent starts last in the guest's rcS, after httpd and acpid: once it answers, ACPI works too
-	for _, g := range []*lab.Guest{life, web, frozen} {
+	for _, g := range []*lab.Guest{life, web, frozen, remote} {
 		g.WaitAgent(t, boot)
 	}
 	harness.WaitFor(t, boot, 100*time.Millisecond, noAgent.Name()+" ready marker", func() (bool, error) {
@@ -171,6 +173,11 @@ func TestRealGuests(t *testing.T) {
 			t.Parallel()
 			lifecycle(t, e, life)
 			execs(t, e, life)
+		})
+
+		t.Run("remote command through zabbix_agent2 7.0 reboots the guest; hostile names run nothing", func(t *testing.T) {
+			t.Parallel()
+			remoteReboot(t, e, remote)
 		})
 
 		t.Run("killed httpd: recover ends after the gentle reboot", func(t *testing.T) {

@@ -17,13 +17,11 @@ import (
 	"zabbix-agent2-plugin-kvm/tests/lab"
 )
 
-// TestRemoteCommandRebootsGuest: the documented path of a Zabbix Action. A real zabbix_agent2 7.0,
-// allowed to run only the plugin binary, gets system.run[<plugin> … reboot '<host>',nowait]; the
-// plugin reboots a real guest, verified by the guest's reset, and audits it. Hostile names in the
-// host position run nothing else: the guest keeps its QEMU process and no marker file appears.
-func TestRemoteCommandRebootsGuest(t *testing.T) {
-	e := newEnv(t)
-	g := e.guest(t, "act-remote", lab.GuestOpts{ACPI: true, Agent: true})
+// remoteReboot: the documented path of a Zabbix Action. A real zabbix_agent2 7.0, allowed to run
+// only the plugin binary, gets system.run[<plugin> … reboot '<host>',nowait]; the plugin reboots a
+// real guest, verified by the guest's reset, and audits it. Hostile names in the host position run
+// nothing else: the guest keeps its QEMU process and no marker file appears.
+func remoteReboot(t *testing.T, e *env, g *lab.Guest) {
 	bin := harness.PluginBinary(t)
 	dir := t.TempDir()
 	conf, audit := filepath.Join(dir, "kvm.conf"), filepath.Join(dir, "audit.log")
@@ -36,7 +34,6 @@ func TestRemoteCommandRebootsGuest(t *testing.T) {
 		// the shipped rules (conf/zabbix_agent2.conf) with the test build's path
 		Extra: []string{"AllowKey=system.run[" + bin + " *,*]", "AllowKey=system.run[" + bin + " *]", "DenyKey=system.run[*]"}})
 	agent.Start(t)
-	g.WaitAgent(t, boot)
 	pid := g.PID(t)
 
 	// what the provisioned global script holds, {HOST.HOST} expanded by Zabbix
