@@ -265,3 +265,11 @@ func Passive(addr, payload string, timeout time.Duration) (string, error) {
 	}
 	return string(body), nil
 }
+
+// PID is the started agent's process id (0 before Start).
+func (a *Agent) PID() int {
+	if a.cmd == nil {
+		return 0
+	}
+	return a.cmd.Process.Pid
+}
