@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"testing"
+	"time"
 
+	"zabbix-agent2-plugin-kvm/kvm"
 	"zabbix-agent2-plugin-kvm/kvm/kvmtest"
 )
 
@@ -34,7 +36,7 @@ func BenchmarkCycle1000Guests(b *testing.B) { benchCycle(b, 1000) }
 func benchCycle(b *testing.B, n int) {
 	t := &testing.T{}
 	uri := kvmtest.NodeURI(b, kvmtest.Domains(n))
-	p := configured(t, uri, "CacheSeconds", "0")
+	p := configured(t, uri, "CacheSeconds", "3600")
 	ctx := context.Background()
 	names := make([]string, n)
 	for i := range names {
@@ -43,9 +45,11 @@ func benchCycle(b *testing.B, n int) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		// a cache period of 0 would make every key its own call; a cycle is one snapshot shared by
-		// all its keys, which is what CacheSeconds>0 gives between polls
-		p.Apply(&Config{URI: uri, Timeout: p.cfg.Timeout, CacheSeconds: 3600, InventorySeconds: 3600})
+		// a new cycle: the statistics snapshot has expired (a fresh cache), the connection and the
+		// slowly changing inventory stay, as between two polls of a running agent
+		p.mu.Lock()
+		p.cache = kvm.NewCache(p.conn, time.Hour)
+		p.mu.Unlock()
 		for _, d := range names {
 			for k := 0; k < 25; k++ {
 				if _, err := p.ExportContext(ctx, "kvm.domain.state", []string{d}); err != nil {
