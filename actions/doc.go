@@ -66,6 +66,7 @@
 //
 // # Exec
 //
+// Policy, lock and audit apply to exec as to every action (no rate limit: it is not forced).
 // guest-exec with capture-output, then guest-exec-status polled until exit or ExecTimeout; stdout and
 // stderr are capped at MaxOutput (64 KiB) each, with *_truncated set. A non-zero exit code is a result,
 // not an error. nowait returns the guest PID and collects no output. No agent (not configured, not

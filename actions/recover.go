@@ -90,10 +90,11 @@ func (a *Actor) Recover(ctx context.Context, domain, backend, server string) (Re
 	for _, s := range rep.Steps {
 		sum = append(sum, s.Step+":"+s.Outcome)
 	}
-	detail := strings.Join(sum, " ")
-	if rep.Detail != "" {
-		detail += "; " + rep.Detail
+	detail := strings.Join(append(sum, rep.Detail), "; ")
+	if len(sum) > 0 {
+		detail = strings.Join(sum, " ") + "; " + rep.Detail
 	}
+	detail = strings.TrimSuffix(detail, "; ")
 	if aerr := a.audit(AuditEntry{Time: start, Verb: VerbRecover, Domain: domain, Outcome: rep.Outcome,
 		Duration: rep.Duration, Detail: detail}); aerr != nil {
 		err = errors.Join(err, aerr)

@@ -33,16 +33,24 @@ type Record struct {
 	Name   string
 	UUID   string
 	Params map[string]string
+	Stale  string // why the monitor groups (cpu, balloon, vcpu, block) are from an earlier collection
 }
 
-// StatsTypes is what each bulk call collects.
-const StatsTypes = libvirt.DOMAIN_STATS_STATE | libvirt.DOMAIN_STATS_CPU_TOTAL | libvirt.DOMAIN_STATS_BALLOON |
-	libvirt.DOMAIN_STATS_VCPU | libvirt.DOMAIN_STATS_INTERFACE | libvirt.DOMAIN_STATS_BLOCK
+// Each collection makes two bulk calls. libvirt's QEMU driver reads state and interface counters
+// without QEMU's monitor, but cpu, balloon, vcpu and block need the domain's job and a monitor
+// command. NOWAIT only skips a domain whose job is already held: the first call after a QEMU hangs
+// still takes the job and waits on the monitor forever (seen with a SIGSTOPped QEMU). Splitting the
+// groups keeps state and network of every domain answering while that first call is stuck; the
+// stuck call then holds the hung domain's job, so later NOWAIT calls skip it and serve the others.
+const (
+	StatsFast    = libvirt.DOMAIN_STATS_STATE | libvirt.DOMAIN_STATS_INTERFACE
+	StatsMonitor = libvirt.DOMAIN_STATS_CPU_TOTAL | libvirt.DOMAIN_STATS_BALLOON | libvirt.DOMAIN_STATS_VCPU | libvirt.DOMAIN_STATS_BLOCK
+)
 
-// BulkStats makes one virConnectGetAllDomainStats call for every domain, in any state. With
-// nowait, libvirt skips domains whose job lock is held (a hung QEMU monitor) instead of waiting
-// 30 s or forever on them; it returns their state and cached values only.
-func BulkStats(conn *libvirt.Connect, nowait bool) ([]Record, error) {
+// BulkStats makes one virConnectGetAllDomainStats call for every domain, in any state, for the
+// given stats groups. With nowait, libvirt skips domains whose job is held instead of waiting 30 s
+// or forever on them, returning their state and cached values only.
+func BulkStats(conn *libvirt.Connect, types libvirt.DomainStatsTypes, nowait bool) ([]Record, error) {
 	raw, err := conn.RawPtr()
 	if err != nil {
 		return nil, err
@@ -56,7 +64,7 @@ func BulkStats(conn *libvirt.Connect, nowait bool) ([]Record, error) {
 	}
 	var recs *C.virDomainStatsRecordPtr
 	var cerr C.virError
-	n := C.kvmGetAllStats(cconn, C.uint(StatsTypes), flags, &recs, &cerr)
+	n := C.kvmGetAllStats(cconn, C.uint(types), flags, &recs, &cerr)
 	if n < 0 {
 		e := libvirt.Error{Code: libvirt.ErrorNumber(cerr.code), Domain: libvirt.ErrorDomain(cerr.domain), Message: C.GoString(cerr.message), Level: libvirt.ErrorLevel(cerr.level)}
 		C.virResetError(&cerr)

@@ -35,8 +35,8 @@ func newSnapshot(recs []Record, at time.Time) *Snapshot {
 	return s
 }
 
-// Cache makes at most one bulk libvirt call per period, however many keys and callers ask:
-// concurrent callers of an expired snapshot share one in-flight call (single flight).
+// Cache makes one collection (two bulk libvirt calls, see StatsFast) per period, however many keys
+// and callers ask: concurrent callers of an expired snapshot share one in-flight collection.
 type Cache struct {
 	conn   *Conn
 	period time.Duration
@@ -47,6 +47,50 @@ type Cache struct {
 	flight *flight
 
 	calls atomic.Int64
+}
+
+func (c *Cache) bulk(ctx context.Context, types libvirt.DomainStatsTypes) ([]Record, error) {
+	var recs []Record
+	err := c.conn.Do(ctx, func(l *libvirt.Connect) error {
+		c.calls.Add(1)
+		var err error
+		recs, err = BulkStats(l, types, c.nowait)
+		return err
+	})
+	return recs, err
+}
+
+// merge adds the monitor groups to the fast records. When that call failed (timed out on a hung
+// QEMU), each domain keeps its previous monitor values, marked stale, rather than losing them.
+func merge(recs, slow []Record, slowErr error, prev *Snapshot) {
+	byUUID := make(map[string]*Record, len(slow))
+	for i := range slow {
+		byUUID[slow[i].UUID] = &slow[i]
+	}
+	for i := range recs {
+		r := &recs[i]
+		if slowErr == nil {
+			if s, ok := byUUID[r.UUID]; ok {
+				for k, v := range s.Params {
+					if _, fast := r.Params[k]; !fast {
+						r.Params[k] = v
+					}
+				}
+			}
+			continue
+		}
+		r.Stale = slowErr.Error()
+		if prev == nil {
+			continue
+		}
+		if old, err := prev.Lookup(r.Name); err == nil && old.UUID == r.UUID {
+			for k, v := range old.Params {
+				if _, fast := r.Params[k]; !fast {
+					r.Params[k] = v
+				}
+			}
+		}
+	}
 }
 
 type flight struct {
@@ -61,7 +105,7 @@ func NewCache(conn *Conn, period time.Duration) *Cache {
 	return &Cache{conn: conn, period: period, nowait: true}
 }
 
-// Calls reports how many bulk libvirt calls the cache has made.
+// Calls reports how many bulk libvirt calls the cache has made (two per collection).
 func (c *Cache) Calls() int64 { return c.calls.Load() }
 
 // Get returns a snapshot no older than the period.
@@ -91,18 +135,21 @@ func (c *Cache) Get(ctx context.Context) (*Snapshot, error) {
 // refresh runs detached from any one caller, bounded by the connection's own timeout, so a caller
 // that gives up early does not cancel the call for the others.
 func (c *Cache) refresh(f *flight) {
-	var recs []Record
 	start := time.Now()
-	err := c.conn.Do(context.Background(), func(l *libvirt.Connect) error {
-		c.calls.Add(1)
-		var err error
-		recs, err = BulkStats(l, c.nowait)
-		return err
-	})
-	if err == nil {
-		f.snap = newSnapshot(recs, start)
-	} else {
+	recs, err := c.bulk(context.Background(), StatsFast)
+	if err != nil {
 		f.err = fmt.Errorf("libvirt domain statistics: %w", err)
+	} else {
+		// the monitor groups get half the deadline, so a first call stuck on a hung QEMU still
+		// leaves time to answer with the fast groups
+		ctx, cancel := context.WithTimeout(context.Background(), c.conn.Timeout()/2)
+		slow, serr := c.bulk(ctx, StatsMonitor)
+		cancel()
+		c.mu.Lock()
+		prev := c.snap
+		c.mu.Unlock()
+		merge(recs, slow, serr, prev)
+		f.snap = newSnapshot(recs, start)
 	}
 	c.mu.Lock()
 	if f.snap != nil {

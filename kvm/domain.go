@@ -24,6 +24,9 @@ type Domain struct {
 	Memory     Memory      `json:"memory"`
 	Disks      []Disk      `json:"disks"`
 	Interfaces []Interface `json:"interfaces"`
+	// StatsError says why cpu, memory, vcpu and disk values are from an earlier collection (a hung
+	// QEMU monitor made this one time out); empty when they are current.
+	StatsError string `json:"stats_error,omitempty"`
 }
 
 // CPU holds cumulative CPU time in nanoseconds.
@@ -103,6 +106,7 @@ func (r *Record) Domain() Domain {
 		},
 		Disks:      []Disk{},
 		Interfaces: []Interface{},
+		StatsError: r.Stale,
 	}
 	for i := 0; i < int(r.u64("block.count")); i++ {
 		p := fmt.Sprintf("block.%d.", i)
