@@ -235,11 +235,13 @@ func (a *Actor) lifecycle(ctx context.Context, verb, domain string, res *Result)
 	return err
 }
 
-// call runs fn on the domain through the connection manager with its own deadline.
-func (a *Actor) call(ctx context.Context, timeout time.Duration, domain string, fn func(*libvirt.Connect, *libvirt.Domain) error) error {
+// call runs fn on the domain through the connection manager with its own deadline. Slow calls are
+// logged: they are how a hung QEMU or a busy libvirtd shows itself.
+func (a *Actor) call(ctx context.Context, what string, timeout time.Duration, domain string, fn func(*libvirt.Connect, *libvirt.Domain) error) error {
 	cctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	return a.conn.Do(cctx, func(c *libvirt.Connect) error {
+	t0 := time.Now()
+	err := a.conn.Do(cctx, func(c *libvirt.Connect) error {
 		d, err := kvm.LookupDomain(c, domain)
 		if err != nil {
 			return err
@@ -247,6 +249,10 @@ func (a *Actor) call(ctx context.Context, timeout time.Duration, domain string, 
 		defer d.Free()
 		return fn(c, d)
 	})
+	if took := time.Since(t0); took > time.Second {
+		a.logf("libvirt %s on %s took %s (error: %v)", what, name(domain), took.Round(time.Millisecond), err)
+	}
+	return err
 }
 
 // stateTimeout bounds a state read: virDomainGetState needs no QEMU job, so it answers even when
@@ -260,7 +266,7 @@ func (a *Actor) stateTimeout() time.Duration {
 
 func (a *Actor) state(ctx context.Context, domain string) (State, error) {
 	var st State
-	err := a.call(ctx, a.stateTimeout(), domain, func(_ *libvirt.Connect, d *libvirt.Domain) error {
+	err := a.call(ctx, "GetState", a.stateTimeout(), domain, func(_ *libvirt.Connect, d *libvirt.Domain) error {
 		s, r, err := d.GetState()
 		if err != nil {
 			return err
@@ -305,7 +311,7 @@ func (a *Actor) start(ctx context.Context, domain string, before State) (string,
 	case "pmsuspended":
 		return "", fmt.Errorf("%w: domain is suspended by the guest (pmsuspended): wake it from the guest side", ErrNotDone)
 	}
-	if err := a.call(ctx, a.pol.ForcedTimeout, domain, func(_ *libvirt.Connect, d *libvirt.Domain) error {
+	if err := a.call(ctx, "Create", a.pol.ForcedTimeout, domain, func(_ *libvirt.Connect, d *libvirt.Domain) error {
 		return d.Create()
 	}); err != nil {
 		return "", err
@@ -341,7 +347,7 @@ func unsupportedFlags(err error) bool {
 func (a *Actor) request(ctx context.Context, domain string, timeout time.Duration, send func(*libvirt.Domain, uint32) error) (string, error) {
 	flags := a.gentleFlags()
 	note := "mode " + a.pol.GentleMode
-	err := a.call(ctx, timeout, domain, func(_ *libvirt.Connect, d *libvirt.Domain) error {
+	err := a.call(ctx, "gentle request", timeout, domain, func(_ *libvirt.Connect, d *libvirt.Domain) error {
 		err := send(d, flags)
 		if err != nil && flags != 0 && unsupportedFlags(err) {
 			note = "driver supports no mode flags, used its default"
@@ -351,7 +357,7 @@ func (a *Actor) request(ctx context.Context, domain string, timeout time.Duratio
 	})
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
-			return note, fmt.Errorf("request did not return within %s (QEMU or libvirt not answering): %w", timeout, err)
+			return note, fmt.Errorf("request did not return within %s (QEMU or libvirt not answering): %w", timeout.Round(time.Second), err)
 		}
 		return note, err
 	}
@@ -390,40 +396,65 @@ func (a *Actor) reboot(ctx context.Context, domain string, before State) (string
 		return "", fmt.Errorf("%w: domain is paused (%s): use resume or reset", ErrNotDone, before)
 	}
 	t0 := time.Now()
+	end := budget(ctx, a.pol.GentleTimeout)
 	ev, err := a.watchReset(ctx, domain)
 	if err != nil {
 		return "", fmt.Errorf("watch for the guest's reset: %w", err)
 	}
 	defer ev.close(ctx)
-	note, err := a.request(ctx, domain, a.pol.GentleTimeout, func(d *libvirt.Domain, f uint32) error {
+	note, err := a.request(ctx, domain, time.Until(end), func(d *libvirt.Domain, f uint32) error {
 		return d.Reboot(libvirt.DomainRebootFlagValues(f))
 	})
 	if err != nil {
 		return "reboot requested (" + note + ")", err
 	}
-	remaining := a.pol.GentleTimeout - time.Since(t0)
-	timer := time.NewTimer(max(remaining, 0))
+	timer := time.NewTimer(max(time.Until(end), 0))
 	defer timer.Stop()
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
+	ignored := func() (string, error) {
+		return "", fmt.Errorf("%w: no guest reset within %s: the guest ignored the request (%s; state %s)",
+			ErrNotDone, end.Sub(t0).Round(time.Millisecond), note, a.peek(ctx, domain))
+	}
 	for {
 		select {
 		case <-ev.reset:
-			st, _ := a.state(ctx, domain)
-			return fmt.Sprintf("guest reset observed after %s (%s; state %s)", time.Since(t0).Round(time.Millisecond), note, st), nil
+			return fmt.Sprintf("guest reset observed after %s (%s; state %s)", time.Since(t0).Round(time.Millisecond), note, a.peek(ctx, domain)), nil
 		case <-tick.C:
 			// a guest that powers off instead of rebooting will never reset
-			if st, err := a.state(ctx, domain); err == nil && isOff(st) {
+			if st := a.peek(ctx, domain); isOff(st) {
 				return "", fmt.Errorf("%w: guest powered off instead of rebooting (state %s)", ErrNotDone, st)
 			}
 		case <-timer.C:
-			st, _ := a.state(ctx, domain)
-			return "", fmt.Errorf("%w: no guest reset within %s: the guest ignored the request (%s; state %s)",
-				ErrNotDone, a.pol.GentleTimeout, note, st)
+			return ignored()
 		case <-ctx.Done():
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) && !time.Now().Before(end) {
+				return ignored() // the caller's deadline is this verb's budget: same verdict as the timer
+			}
 			return "", ctx.Err()
 		}
 	}
+}
+
+// budget is when a verb must be finished: timeout from now, or ctx's deadline if that is sooner.
+func budget(ctx context.Context, timeout time.Duration) time.Time {
+	end := time.Now().Add(timeout)
+	if dl, ok := ctx.Deadline(); ok && dl.Before(end) {
+		return dl
+	}
+	return end
+}
+
+// peek reads the state for a message or a side check: at most a second, even past ctx's deadline,
+// so it can neither stretch a verb's budget noticeably nor fail just because the budget ran out.
+func (a *Actor) peek(ctx context.Context, domain string) State {
+	c, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+	defer cancel()
+	st, err := a.state(c, domain)
+	if err != nil {
+		return State{}
+	}
+	return st
 }
 
 func (a *Actor) reset(ctx context.Context, domain string, before State) (string, error) {
@@ -434,7 +465,7 @@ func (a *Actor) reset(ctx context.Context, domain string, before State) (string,
 		return "", err
 	}
 	t0 := time.Now()
-	if err := a.call(ctx, a.pol.ForcedTimeout, domain, func(_ *libvirt.Connect, d *libvirt.Domain) error {
+	if err := a.call(ctx, "Reset", a.pol.ForcedTimeout, domain, func(_ *libvirt.Connect, d *libvirt.Domain) error {
 		return d.Reset(0)
 	}); err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
@@ -443,11 +474,7 @@ func (a *Actor) reset(ctx context.Context, domain string, before State) (string,
 		return "", err
 	}
 	// libvirt returns once QEMU performed the reset; the state must still be active
-	st, err := a.state(ctx, domain)
-	if err != nil {
-		return "", err
-	}
-	if !active(st) {
+	if st := a.peek(ctx, domain); !active(st) {
 		return "", fmt.Errorf("%w: after reset the domain is %s", ErrNotDone, st)
 	}
 	return fmt.Sprintf("reset in %s", time.Since(t0).Round(time.Millisecond)), nil
@@ -466,7 +493,7 @@ func (a *Actor) destroy(ctx context.Context, domain string, before State) (strin
 // destroyNow kills the domain (SIGTERM, then SIGKILL after libvirt's 10 s) and waits for shutoff.
 func (a *Actor) destroyNow(ctx context.Context, domain string) (string, error) {
 	t0 := time.Now()
-	if err := a.call(ctx, a.pol.ForcedTimeout, domain, func(_ *libvirt.Connect, d *libvirt.Domain) error {
+	if err := a.call(ctx, "Destroy", a.pol.ForcedTimeout, domain, func(_ *libvirt.Connect, d *libvirt.Domain) error {
 		return d.DestroyFlags(0)
 	}); err != nil {
 		return "", err
@@ -485,7 +512,7 @@ func (a *Actor) suspend(ctx context.Context, domain string, before State) (strin
 	case !active(before):
 		return "", fmt.Errorf("%w: domain is %s, not running", ErrNotDone, before)
 	}
-	if err := a.call(ctx, a.pol.ForcedTimeout, domain, func(_ *libvirt.Connect, d *libvirt.Domain) error {
+	if err := a.call(ctx, "Suspend", a.pol.ForcedTimeout, domain, func(_ *libvirt.Connect, d *libvirt.Domain) error {
 		return d.Suspend()
 	}); err != nil {
 		return "", err
@@ -505,7 +532,7 @@ func (a *Actor) resume(ctx context.Context, domain string, before State) (string
 	default:
 		return "", fmt.Errorf("%w: domain is %s, not paused: use start", ErrNotDone, before)
 	}
-	if err := a.call(ctx, a.pol.ForcedTimeout, domain, func(_ *libvirt.Connect, d *libvirt.Domain) error {
+	if err := a.call(ctx, "Resume", a.pol.ForcedTimeout, domain, func(_ *libvirt.Connect, d *libvirt.Domain) error {
 		return d.Resume()
 	}); err != nil {
 		return "", err
@@ -542,7 +569,7 @@ type resetWatch struct {
 
 func (a *Actor) watchReset(ctx context.Context, domain string) (*resetWatch, error) {
 	w := &resetWatch{a: a, reset: make(chan struct{}, 1), id: -1}
-	err := a.call(ctx, a.stateTimeout(), domain, func(c *libvirt.Connect, d *libvirt.Domain) error {
+	err := a.call(ctx, "reboot event register", a.stateTimeout(), domain, func(c *libvirt.Connect, d *libvirt.Domain) error {
 		id, err := c.DomainEventRebootRegister(d, func(*libvirt.Connect, *libvirt.Domain) {
 			select {
 			case w.reset <- struct{}{}:

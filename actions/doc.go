@@ -63,6 +63,9 @@
 //
 // A call into a hung QEMU (monitor commands on a SIGSTOPped process) cannot be cancelled in C; its
 // deadline ends our wait and the call keeps one kvm.Conn worker until QEMU is killed or answers.
+// While such a call holds the domain's job, libvirt 9.0 answers even GetState only after 5 s; each
+// recover rung is therefore bounded as a whole (state read included) by its own deadline, and calls
+// slower than a second are logged through Options.Logf.
 //
 // # Exec
 //

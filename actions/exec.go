@@ -163,7 +163,7 @@ func (a *Actor) agent(ctx context.Context, domain, cmd string, args any, out any
 		return fmt.Errorf("%s: %w", cmd, context.DeadlineExceeded)
 	}
 	var reply string
-	err = a.call(ctx, timeout, domain, func(_ *libvirt.Connect, d *libvirt.Domain) error {
+	err = a.call(ctx, "agent command", timeout, domain, func(_ *libvirt.Connect, d *libvirt.Domain) error {
 		var err error
 		reply, err = d.QemuAgentCommand(string(req), libvirt.DomainQemuAgentCommandTimeout(secs), 0)
 		return err

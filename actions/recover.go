@@ -236,9 +236,21 @@ func (a *Actor) recover(ctx context.Context, domain, backend, server string, rep
 		ok   bool
 		do   func() (string, error)
 	}
+	// Each rung, its state read included, is bounded by its own deadline.
+	within := func(d time.Duration, verb func(context.Context, string, State) (string, error)) func() (string, error) {
+		return func() (string, error) {
+			c, cancel := context.WithTimeout(ctx, d)
+			defer cancel()
+			st, err := a.state(c, domain)
+			if err != nil {
+				return "", fmt.Errorf("read state: %w", err)
+			}
+			return verb(c, domain, st)
+		}
+	}
 	rungs := []rung{
-		{StepReboot, gentleOK, func() (string, error) { return a.reboot(ctx, domain, r.now()) }},
-		{StepReset, resetOK, func() (string, error) { return a.reset(ctx, domain, r.now()) }},
+		{StepReboot, gentleOK, within(a.pol.GentleTimeout, a.reboot)},
+		{StepReset, resetOK, within(a.pol.ForcedTimeout, a.reset)},
 		{StepDestroyStart, true, r.destroyStart},
 	}
 	var last error

@@ -19,7 +19,13 @@ go test -run '^$' -bench . -benchmem -benchtime 2s ./plugin/ ./kvm/... ./haproxy
 echo "== 1,000 passive checks through zabbix_agent2 7.0: plugin vs UserParameter running virsh"
 go test -run '^$' -bench 'Passive1000' -benchtime 1x -timeout 10m ./tests/bench/ | grep -vE '^(goos|goarch|pkg|cpu|PASS)'
 
-for extra in tests/bench/*.sh haproxy/bench.sh actions/bench.sh; do
+echo "== plugin RSS through zabbix_agent2 7.0"
+go test -run '^$' -bench 'PluginRSS' -benchtime 1x -timeout 10m ./tests/bench/ | grep -E 'RSS'
+
+echo "== actions on real QEMU guests (reset to HTTP, recover to health per ladder exit)"
+go test -run '^$' -bench . -benchtime 1x -timeout 40m ./actions/labtest/ | grep -vE '^(goos|goarch|pkg|cpu|PASS)'
+
+for extra in haproxy/bench.sh; do
   [ -x "$extra" ] || continue
   echo "== $extra"
   "$extra"

@@ -53,6 +53,8 @@ type repair struct {
 	fault  time.Time
 	phases []phase
 	notes  []string // observations that are not failures of the ladder (see docs/e2e.md)
+	// the Zabbix problem the ladder worked on
+	eventID, triggerID string
 }
 
 func (r *repair) mttr() time.Duration { return r.phases[len(r.phases)-1].at.Sub(r.fault) }
@@ -426,7 +428,7 @@ func (e *env) awaitRepair(f failure, fault time.Time, w *watch) (*repair, error)
 		upFrom = pushed
 	}
 	pushedUp, uerr := e.firstPushed(f.guest, "UP", upFrom)
-	r := &repair{kind: f.kind, fault: fault}
+	r := &repair{kind: f.kind, fault: fault, eventID: prob.EventID, triggerID: trig}
 	if uerr != nil {
 		r.notes = append(r.notes, uerr.Error()+": the problem stayed open until the pushed DOWN aged out of {$KVM.PUSH.HOLD}")
 	}

@@ -52,6 +52,9 @@ func TestScenarioSeed(t *testing.T) {
 			fmt.Println(l)
 		}
 	}
+	if screenshotsWanted() && !t.Failed() && rs[0] != nil {
+		e.screenshots(t, rs[0])
+	}
 }
 
 // checkHypervisorItems waits until every item of the hypervisor host is supported and has a value.

@@ -183,7 +183,7 @@ func (g *Guest) cmdline() string {
 		}
 		return 0
 	}
-	return fmt.Sprintf("console=ttyS0 quiet lvname=%s lvip=%s/24 lvgw=%s lvacpi=%d lvga=%d",
+	return fmt.Sprintf("console=ttyS0 printk.time=1 lvname=%s lvip=%s/24 lvgw=%s lvacpi=%d lvga=%d",
 		g.name, g.IP(), Gateway, bit(g.opts.ACPI), bit(g.opts.Agent))
 }
 

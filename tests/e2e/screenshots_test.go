@@ -1,0 +1,82 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"zabbix-agent2-plugin-kvm/conf/zabbix"
+	"zabbix-agent2-plugin-kvm/tests/harness"
+)
+
+// screenshotsWanted: KVM_SCREENSHOTS=1 makes the scenario save pictures of the Zabbix frontend into
+// docs/img/ with Debian's chromium (apt-get install chromium); CI does not set it.
+func screenshotsWanted() bool { return os.Getenv("KVM_SCREENSHOTS") == "1" }
+
+// screenshots opens the frontend to the "guest" user with read access to the KVM host groups (no
+// login form to drive headless) and saves what an admin sees after the scenario: the discovered
+// guest hosts, the problems (resolved and the paged one), and the recovered problem's event page
+// with the ladder's steps.
+func (e *env) screenshots(t *testing.T, r *repair) {
+	chromium := harness.RequireTool(t, "chromium", "apt-get install chromium (only for KVM_SCREENSHOTS=1)")
+	var groups []struct {
+		ID string `json:"usrgrpid"`
+	}
+	e.call("usergroup.get", map[string]any{"filter": map[string]any{"name": "Guests"}, "output": []string{"usrgrpid"}}, &groups)
+	var users []struct {
+		ID string `json:"userid"`
+	}
+	e.call("user.get", map[string]any{"filter": map[string]any{"username": "guest"}, "output": []string{"userid"}}, &users)
+	if len(groups) != 1 || len(users) != 1 {
+		t.Fatalf("screenshots: no Guests group (%v) or guest user (%v)", groups, users)
+	}
+	var rights []map[string]any
+	for _, g := range []string{zabbix.GuestGroup, zabbix.HypervisorGroup} {
+		hg, _ := e.rep.Find("host group", g)
+		rights = append(rights, map[string]any{"id": hg.ID, "permission": 2})
+	}
+	// also the "KVM guests/<domain>" groups the host prototype made
+	var sub []struct {
+		ID string `json:"groupid"`
+	}
+	e.call("hostgroup.get", map[string]any{"search": map[string]any{"name": zabbix.GuestGroup + "/"}, "output": []string{"groupid"}}, &sub)
+	for _, g := range sub {
+		rights = append(rights, map[string]any{"id": g.ID, "permission": 2})
+	}
+	e.call("usergroup.update", map[string]any{"usrgrpid": groups[0].ID, "users_status": 0, "gui_access": 0, "hostgroup_rights": rights}, nil)
+	e.call("user.update", map[string]any{"userid": users[0].ID, "usrgrps": []map[string]any{{"usrgrpid": groups[0].ID}}}, nil)
+
+	out := filepath.Join(harness.RepoRoot(t), "docs", "img")
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	guests, _ := e.rep.Find("host group", zabbix.GuestGroup)
+	shots := []struct{ file, path string }{
+		{"zabbix-guest-hosts.png", "zabbix.php?action=host.view&filter_groupids%5B%5D=" + guests.ID + "&filter_set=1"},
+		{"zabbix-problems.png", "zabbix.php?action=problem.view&filter_set=1&show=1&filter_show_timeline=0"},
+		{"zabbix-recovered-problem.png", fmt.Sprintf("tr_events.php?triggerid=%s&eventid=%s", r.triggerID, r.eventID)},
+	}
+	for _, s := range shots {
+		file := filepath.Join(out, s.file)
+		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+		cmd := exec.CommandContext(ctx, chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+			"--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+			"--hide-scrollbars", "--user-data-dir="+t.TempDir(), "--window-size=1440,1000", "--virtual-time-budget=8000",
+			"--screenshot="+file, e.zbx.URL+s.path)
+		cmd.WaitDelay = 5 * time.Second
+		b, err := cmd.CombinedOutput()
+		cancel()
+		if err != nil {
+			t.Fatalf("chromium %s: %v\n%s", s.path, err, lastLines(string(b), 20))
+		}
+		st, err := os.Stat(file)
+		if err != nil || st.Size() < 10_000 {
+			t.Fatalf("screenshot %s: %v (size %v)", file, err, st)
+		}
+		t.Logf("screenshot %s (%d bytes) of %s", file, st.Size(), s.path)
+	}
+}
