@@ -1,8 +1,6 @@
 package labtest
 
 import (
-	"bufio"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -32,7 +30,7 @@ func remoteReboot(t *testing.T, e *env, g *lab.Guest) {
 	agent := harness.WriteAgentConf(t, "7.0", harness.AgentOptions{Plugin: bin, Timeout: 30,
 		Options: map[string]string{"URI": e.lab.URI()},
 		// the shipped rules (conf/zabbix_agent2.conf) with the test build's path
-		Extra: []string{"AllowKey=system.run[" + bin + " *,*]", "AllowKey=system.run[" + bin + " *]", "DenyKey=system.run[*]"}})
+		Extra: harness.SystemRunRules(t, bin)})
 	agent.Start(t)
 	pid := g.PID(t)
 
@@ -40,22 +38,7 @@ func remoteReboot(t *testing.T, e *env, g *lab.Guest) {
 	script := func(verb, host string) string {
 		return fmt.Sprintf("%s -c %s --caller zabbix %s '%s'", bin, conf, verb, host)
 	}
-	auditLines := func() []map[string]any {
-		f, err := os.Open(audit)
-		if os.IsNotExist(err) {
-			return nil
-		}
-		require.NoError(t, err)
-		defer f.Close()
-		var out []map[string]any
-		sc := bufio.NewScanner(f)
-		for sc.Scan() {
-			var m map[string]any
-			require.NoError(t, json.Unmarshal(sc.Bytes(), &m), sc.Text())
-			out = append(out, m)
-		}
-		return out
-	}
+	auditLines := func() []map[string]any { return harness.AuditLines(t, audit) }
 
 	t0 := time.Now()
 	out, err := agent.Query("system.run["+script("reboot", g.Name())+",nowait]", 10*time.Second)

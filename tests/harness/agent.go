@@ -3,6 +3,7 @@ package harness
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -272,4 +273,48 @@ func (a *Agent) PID() int {
 		return 0
 	}
 	return a.cmd.Process.Pid
+}
+
+// SystemRunRules are the system.run rules of conf/zabbix_agent2.conf with the shipped plugin path
+// replaced by bin: the agent may run the plugin binary and nothing else.
+func SystemRunRules(t testing.TB, bin string) []string {
+	t.Helper()
+	shipped, err := os.ReadFile(filepath.Join(RepoRoot(t), "conf", "zabbix_agent2.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rules []string
+	for _, l := range strings.Split(string(shipped), "\n") {
+		if strings.HasPrefix(l, "AllowKey=") || strings.HasPrefix(l, "DenyKey=") {
+			rules = append(rules, strings.ReplaceAll(l, "/usr/sbin/zabbix-agent2-plugin/zabbix-agent2-plugin-kvm", bin))
+		}
+	}
+	if len(rules) != 3 {
+		t.Fatalf("conf/zabbix_agent2.conf: want two AllowKey lines and one DenyKey, got %q", rules)
+	}
+	return rules
+}
+
+// AuditLines reads the plugin's audit log (one JSON object per line); a missing file is no lines.
+func AuditLines(t testing.TB, path string) []map[string]any {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []map[string]any
+	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		if l == "" {
+			continue
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			t.Fatalf("audit log %s: %v: %s", path, err, l)
+		}
+		out = append(out, m)
+	}
+	return out
 }

@@ -4,8 +4,6 @@
 package remote
 
 import (
-	"bufio"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -36,37 +34,13 @@ func setup(t *testing.T, version string) *env {
 		"Plugins.KVM.Actions.AllowDomains=.*\nPlugins.KVM.StateDir=%s/state\nPlugins.KVM.AuditLog=%s\n", bin, dir, e.audit)
 	require.NoError(t, os.WriteFile(e.conf, []byte(kvmConf), 0o644))
 
-	var rules []string
-	shipped, err := os.ReadFile(filepath.Join(harness.RepoRoot(t), "conf", "zabbix_agent2.conf"))
-	require.NoError(t, err)
-	for _, l := range strings.Split(string(shipped), "\n") {
-		if strings.HasPrefix(l, "AllowKey=") || strings.HasPrefix(l, "DenyKey=") {
-			rules = append(rules, strings.ReplaceAll(l, "/usr/sbin/zabbix-agent2-plugin/zabbix-agent2-plugin-kvm", bin))
-		}
-	}
-	require.Len(t, rules, 3, "conf/zabbix_agent2.conf: two AllowKey lines and one DenyKey")
-	e.agent = harness.WriteAgentConf(t, version, harness.AgentOptions{Extra: rules, Timeout: 10,
+	e.agent = harness.WriteAgentConf(t, version, harness.AgentOptions{Extra: harness.SystemRunRules(t, bin), Timeout: 10,
 		Options: map[string]string{"URI": "test:///default"}})
 	e.agent.Start(t)
 	return e
 }
 
-func (e *env) auditLines(t *testing.T) []map[string]any {
-	f, err := os.Open(e.audit)
-	if os.IsNotExist(err) {
-		return nil
-	}
-	require.NoError(t, err)
-	defer f.Close()
-	var out []map[string]any
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		var m map[string]any
-		require.NoError(t, json.Unmarshal(sc.Bytes(), &m), sc.Text())
-		out = append(out, m)
-	}
-	return out
-}
+func (e *env) auditLines(t *testing.T) []map[string]any { return harness.AuditLines(t, e.audit) }
 
 // script is what the provisioned Zabbix global script holds, with {HOST.HOST} expanded by Zabbix.
 func (e *env) script(verb, host string) string {
