@@ -80,7 +80,11 @@ func mttrTable(runs [][]*repair) string {
 			v := offsets[n]
 			s := append([]float64(nil), v...)
 			sort.Float64s(s)
-			fmt.Fprintf(&b, "  %-22s %9.1fs %7.1f-%6.1fs\n", n, median(v), s[0], s[len(s)-1])
+			seen := ""
+			if len(v) < len(runs) {
+				seen = fmt.Sprintf("  (in %d of %d runs)", len(v), len(runs))
+			}
+			fmt.Fprintf(&b, "  %-22s %9.1fs %7.1f-%6.1fs%s\n", n, median(v), s[0], s[len(s)-1], seen)
 		}
 	}
 	return b.String()

@@ -18,7 +18,11 @@
 #   lvgw=GW           default route
 #   lvname=NAME       hostname, and the name in the HTTP page
 #   lvacpi=0|1        1 (default): run acpid, so an ACPI power button powers the guest off
-#   lvga=0|1          1 (default): run qemu-ga on the org.qemu.guest_agent.0 port
+#   lvagent=0|1       1 (default): run qemu-ga on the org.qemu.guest_agent.0 port
+#   lvga=0|1          same as lvagent, still read, but DO NOT PASS IT: QEMU's direct kernel boot
+#                     looks for "vga=" anywhere in the command line (strstr), so lvga=1 sets video
+#                     mode 1, which does not exist; with no VGA device the kernel's setup code then
+#                     waits 30 s at an invisible "undefined video mode" prompt before booting.
 set -euo pipefail
 
 OUT=${1:?usage: build-guest.sh OUT_DIR}
@@ -132,6 +136,7 @@ for w in \$(cat /proc/cmdline); do
     lvgw=*) gw=\${w#lvgw=} ;;
     lvname=*) name=\${w#lvname=} ;;
     lvacpi=*) acpi=\${w#lvacpi=} ;;
+    lvagent=*) ga=\${w#lvagent=} ;;
     lvga=*) ga=\${w#lvga=} ;;
   esac
 done

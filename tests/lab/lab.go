@@ -154,33 +154,34 @@ func lockDeadline(t testing.TB) time.Time {
 }
 
 // takeLock takes the machine-wide lab lock. The fd is close-on-exec, so daemons never inherit it,
-// and the kernel releases it when this process dies, however it dies.
+// and the kernel releases it when this process dies, however it dies. A blocking flock, not polling:
+// pollers lose every race against blocked waiters and can starve.
 func takeLock(t testing.TB, deadline time.Time) (*os.File, error) {
 	f, err := os.OpenFile(lockPath, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("lab lock: %w", err)
 	}
-	logged := false
-	for {
-		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-		if err == nil {
-			break
-		}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		if !errors.Is(err, syscall.EWOULDBLOCK) {
 			f.Close()
 			return nil, fmt.Errorf("lab lock %s: %w", lockPath, err)
 		}
-		if time.Now().After(deadline) {
+		holder, _ := os.ReadFile(lockPath)
+		t.Logf("lab: waiting for %s, held by %s", lockPath, strings.TrimSpace(string(holder)))
+		got := make(chan error, 1)
+		go func() { got <- syscall.Flock(int(f.Fd()), syscall.LOCK_EX) }()
+		select {
+		case err := <-got:
+			if err != nil {
+				f.Close()
+				return nil, fmt.Errorf("lab lock %s: %w", lockPath, err)
+			}
+		case <-time.After(time.Until(deadline)):
+			// The flock cannot be interrupted: leave f open so its fd is not reused under it; the
+			// failing test ends the process soon and the kernel drops whatever it got.
 			holder, _ := os.ReadFile(lockPath)
-			f.Close()
-			return nil, fmt.Errorf("lab lock %s still held (by %s) at the deadline", lockPath, strings.TrimSpace(string(holder)))
+			return nil, fmt.Errorf("lab lock %s still held (by %s) at the deadline; other packages' labs ran first (raise go test -timeout or use -p 1)", lockPath, strings.TrimSpace(string(holder)))
 		}
-		if !logged {
-			holder, _ := os.ReadFile(lockPath)
-			t.Logf("lab: waiting for %s, held by %s", lockPath, strings.TrimSpace(string(holder)))
-			logged = true
-		}
-		time.Sleep(200 * time.Millisecond)
 	}
 	_ = f.Truncate(0)
 	_, _ = f.WriteAt([]byte(fmt.Sprintf("pid %d (%s)\n", os.Getpid(), filepath.Base(os.Args[0]))), 0)
