@@ -7,6 +7,7 @@ import (
 	"os"
 	"time"
 
+	"zabbix-agent2-plugin-kvm/actions"
 	"zabbix-agent2-plugin-kvm/conf/zabbix"
 )
 
@@ -92,8 +93,17 @@ func cliForcedRestart(env *cliEnv, args []string) int {
 	ctx, cancel := deadline(cfg, env, 2)
 	defer cancel()
 	var steps []any
-	res, err := a.Do(ctx, "reset", args[0])
-	steps = append(steps, res)
+	var res actions.Result
+	var err error
+	if stuck, since, serr := p.Conn().MonitorStuck(ctx, args[0], 3*time.Second); serr == nil && stuck {
+		// a reset would queue behind the hung monitor command for ForcedSeconds and then fail
+		steps = append(steps, map[string]any{"verb": "reset", "domain": args[0], "outcome": "skipped",
+			"detail": fmt.Sprintf("QEMU monitor occupied for %s: the guest's QEMU is hung, going straight to destroy", since.Round(time.Second))})
+		err = fmt.Errorf("reset %s: skipped, QEMU monitor hung", args[0])
+	} else {
+		res, err = a.Do(ctx, "reset", args[0])
+		steps = append(steps, res)
+	}
 	if err != nil && !refused(err) && res.Before.State != "shutoff" {
 		var r2 any
 		r2, err = a.Do(ctx, "destroy", args[0])

@@ -3,6 +3,7 @@ package kvm
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"libvirt.org/go/libvirt"
 )
@@ -65,4 +66,26 @@ func (c *Conn) HypervisorInfo(ctx context.Context, snap *Snapshot) (*Hypervisor,
 		return nil, err
 	}
 	return h, nil
+}
+
+// MonitorStuck reports whether a domain's QEMU monitor has been occupied by one command for longer
+// than limit (virDomainGetControlInfo, which libvirt answers without the monitor). A hung QEMU
+// (SIGSTOPped, deadlocked) never answers that command, and every call that needs the monitor, reset
+// included, would wait on it: only destroy still works.
+func (c *Conn) MonitorStuck(ctx context.Context, domain string, limit time.Duration) (bool, time.Duration, error) {
+	var info *libvirt.DomainControlInfo
+	err := c.Do(ctx, func(l *libvirt.Connect) error {
+		d, err := LookupDomain(l, domain)
+		if err != nil {
+			return err
+		}
+		defer d.Free()
+		info, err = d.GetControlInfo(0)
+		return err
+	})
+	if err != nil {
+		return false, 0, err
+	}
+	since := time.Duration(info.StateTime) * time.Millisecond
+	return info.State == libvirt.DOMAIN_CONTROL_OCCUPIED && since > limit, since, nil
 }

@@ -89,6 +89,13 @@ func (p *Plugin) Apply(cfg *Config) {
 	}
 }
 
+// Conn returns the libvirt connection manager (nil before Configure).
+func (p *Plugin) Conn() *kvm.Conn {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	return p.conn
+}
+
 // Config returns the configuration in force, or nil before Configure.
 func (p *Plugin) Config() *Config {
 	p.mu.RLock()

@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"context"
+	"crypto/sha256"
 	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -60,13 +62,15 @@ func (e *env) screenshots(t *testing.T, r *repair) {
 		{"zabbix-problems.png", "zabbix.php?action=problem.view&filter_set=1&show=1&filter_show_timeline=0"},
 		{"zabbix-recovered-problem.png", fmt.Sprintf("tr_events.php?triggerid=%s&eventid=%s", r.triggerID, r.eventID)},
 	}
+	seen := map[[32]byte]string{}
 	for _, s := range shots {
 		file := filepath.Join(out, s.file)
 		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 		cmd := exec.CommandContext(ctx, chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
 			"--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
 			"--hide-scrollbars", "--user-data-dir="+t.TempDir(), "--window-size=1440,1000", "--virtual-time-budget=8000",
-			"--screenshot="+file, e.zbx.URL+s.path)
+			// the "sign in as guest" link, then the page (the login form's own redirect parameter)
+			"--screenshot="+file, e.zbx.URL+"index.php?enter=guest&request="+url.QueryEscape(s.path))
 		cmd.WaitDelay = 5 * time.Second
 		b, err := cmd.CombinedOutput()
 		cancel()
@@ -78,5 +82,11 @@ func (e *env) screenshots(t *testing.T, r *repair) {
 			t.Fatalf("screenshot %s: %v (size %v)", file, err, st)
 		}
 		t.Logf("screenshot %s (%d bytes) of %s", file, st.Size(), s.path)
+		b, _ = os.ReadFile(file)
+		sum := sha256.Sum256(b)
+		if prev, dup := seen[sum]; dup {
+			t.Fatalf("screenshots %s and %s are the same picture (a login or error page?)", prev, s.file)
+		}
+		seen[sum] = s.file
 	}
 }

@@ -154,15 +154,21 @@ func TestGuestsEndToEnd(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, "0", v)
 		require.Less(t, time.Since(start), 3500*time.Millisecond, "answered within the timeout")
-		// the other guests and the bulk statistics keep answering at once (NOWAIT)
-		live := newPlugin(t, l.URI(), "0") // no cache: every read is a bulk call with the frozen guest in it
-		start = time.Now()
-		require.Equal(t, "running", mustGet(t, live, "kvm.domain.state", g2.Name()))
-		require.Equal(t, "running", mustGet(t, live, "kvm.domain.state", g1.Name()), "libvirt still says running")
+		// every guest's keys keep answering within the plugin's 3 s timeout although the statistics
+		// call now has a hung domain in it (no cache: every read is a new collection)
+		live := newPlugin(t, l.URI(), "0")
+		timed := func(key, dom string) string {
+			start := time.Now()
+			v := mustGet(t, live, key, dom)
+			require.Less(t, time.Since(start), 3*time.Second, "%s[%s] answered within the timeout", key, dom)
+			t.Logf("%s[%s] with a frozen guest: %s", key, dom, time.Since(start).Round(time.Millisecond))
+			return v
+		}
+		require.Equal(t, "running", timed("kvm.domain.state", g2.Name()))
+		require.Equal(t, "running", timed("kvm.domain.state", g1.Name()), "libvirt still says running")
 		var d kvm.Domain
-		require.NoError(t, json.Unmarshal([]byte(mustGet(t, live, "kvm.domain.get", g2.Name())), &d))
-		require.Greater(t, d.CPU.TimeNs, uint64(0))
-		require.Less(t, time.Since(start), 2*time.Second)
+		require.NoError(t, json.Unmarshal([]byte(timed("kvm.domain.get", g2.Name())), &d))
+		require.Greater(t, d.CPU.TimeNs, uint64(0), "the other guest's counters are there (current or from the previous collection)")
 		require.Equal(t, "1", mustGet(t, p, "kvm.domain.agent.ping", g2.Name()))
 		var hr kvm.HTTPResult
 		require.NoError(t, json.Unmarshal([]byte(mustGet(t, p, "kvm.domain.http", g1.Name(), "80", "/")), &hr))

@@ -85,8 +85,12 @@
 // Boot to HTTP 200 takes about 3.5 s for one guest on an idle 2-core machine, about 6 s for four at
 // once, and much longer when other tests load the CPUs: give WaitHTTP a generous timeout (60 s).
 //
-// Note: virsh shutdown/reboot without --mode use the agent when it is connected; pick the mode to
-// test ACPI behaviour.
+// Notes:
+//   - virsh shutdown/reboot without --mode use the agent when it is connected; pick the mode to
+//     test ACPI behaviour.
+//   - The agent switch on the kernel command line is lvagent=0|1, not lvga=: QEMU's direct kernel
+//     boot searches the whole command line for "vga=" (strstr), so "lvga=1" selects video mode 1;
+//     with no VGA device the kernel's setup code then waits 30 s at an invisible prompt.
 //
 // # API
 //
