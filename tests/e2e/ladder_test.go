@@ -390,18 +390,27 @@ func (e *env) awaitRepair(f failure, fault time.Time, w *watch) (*repair, error)
 		if gentle.Outcome == "done" {
 			miss("audit log: the gentle reboot of a stopped QEMU cannot be done, got %+v", gentle)
 		}
-		if forced, ok = firstVerb(audit, "reset"); !ok {
-			miss("audit log: no forced restart (reset) by caller zabbix: %s", describeAudit(audit))
-		}
-		// a stopped QEMU answers no monitor command: the reset fails, destroy + start repair it
+		// a stopped QEMU answers no monitor command: forced-restart skips the reset when the
+		// monitor is seen hung (or the reset fails), and destroy + start repair it
+		reset, okR := firstVerb(audit, "reset")
 		d, okD := firstVerb(audit, "destroy")
 		s, okS := firstVerb(audit, "start")
-		if forced.Outcome == "done" {
+		switch {
+		case !okR && !okD:
+			miss("audit log: no forced restart (reset or destroy) by caller zabbix: %s", describeAudit(audit))
+		case okR && reset.Outcome == "done":
+			forced = reset
 			if okD {
 				miss("audit log: destroy ran after a successful reset: %s", describeAudit(audit))
 			}
-		} else if !okD || d.Outcome != "done" || !okS || s.Outcome != "done" {
-			miss("audit log: reset %s, then destroy+start should be done: %s", forced.Outcome, describeAudit(audit))
+		default:
+			forced = d
+			if okR {
+				forced = reset
+			}
+			if !okD || d.Outcome != "done" || !okS || s.Outcome != "done" {
+				miss("audit log: destroy+start should be done after the reset was skipped or failed: %s", describeAudit(audit))
+			}
 		}
 	} else {
 		if gentle.Outcome != "done" {
