@@ -108,6 +108,14 @@ func NewCache(conn *Conn, period time.Duration) *Cache {
 // Calls reports how many bulk libvirt calls the cache has made (two per collection).
 func (c *Cache) Calls() int64 { return c.calls.Load() }
 
+// Last returns the newest snapshot, however old, without waiting for libvirt (nil before the first).
+// For what changes rarely (which domains exist), a slow libvirt must not stall the caller.
+func (c *Cache) Last() *Snapshot {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.snap
+}
+
 // Get returns a snapshot no older than the period.
 func (c *Cache) Get(ctx context.Context) (*Snapshot, error) {
 	c.mu.Lock()

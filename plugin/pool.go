@@ -6,6 +6,7 @@ import (
 
 	"zabbix-agent2-plugin-kvm/actions"
 	"zabbix-agent2-plugin-kvm/haproxy"
+	"zabbix-agent2-plugin-kvm/kvm"
 	"zabbix-agent2-plugin-kvm/plugin/sdk/metric"
 )
 
@@ -132,7 +133,12 @@ func haproxyServerSet(p *Plugin, ctx context.Context, params map[string]string) 
 // that owns the server's address.
 func (p *Plugin) domainOf(ctx context.Context) haproxy.DomainOf {
 	_, cache, _, _ := p.parts()
-	snap, _ := cache.Get(ctx)
+	// the domain list changes rarely: the last snapshot will do, and while a hung QEMU slows the
+	// statistics refresh the push must not lose its guest host
+	snap := cache.Last()
+	if snap == nil {
+		snap, _ = cache.Get(ctx)
+	}
 	var byIP map[string]string
 	return func(server, ip string) (string, bool) {
 		if snap != nil {
@@ -144,7 +150,7 @@ func (p *Plugin) domainOf(ctx context.Context) haproxy.DomainOf {
 			return "", false
 		}
 		if byIP == nil {
-			byIP = p.domainsByIP(ctx)
+			byIP = p.domainsByIP(ctx, snap)
 		}
 		d, ok := byIP[ip]
 		return d, ok
@@ -153,11 +159,10 @@ func (p *Plugin) domainOf(ctx context.Context) haproxy.DomainOf {
 
 // domainsByIP maps the private addresses known to the inventory to domain names (cached only:
 // server discovery must not wait on guest agents).
-func (p *Plugin) domainsByIP(ctx context.Context) map[string]string {
-	_, cache, inv, _ := p.parts()
+func (p *Plugin) domainsByIP(ctx context.Context, snap *kvm.Snapshot) map[string]string {
+	_, _, inv, _ := p.parts()
 	out := map[string]string{}
-	snap, err := cache.Get(ctx)
-	if err != nil {
+	if snap == nil {
 		return out
 	}
 	for i := range snap.Records {
