@@ -157,8 +157,8 @@ func (p *Plugin) domainOf(ctx context.Context) haproxy.DomainOf {
 	}
 }
 
-// domainsByIP maps the private addresses known to the inventory to domain names (cached only:
-// server discovery must not wait on guest agents).
+// domainsByIP maps the domains' private addresses to their names through the inventory cache; an
+// address not cached yet is looked up (at most once per InventorySeconds), bounded by ctx.
 func (p *Plugin) domainsByIP(ctx context.Context, snap *kvm.Snapshot) map[string]string {
 	_, _, inv, _ := p.parts()
 	out := map[string]string{}
