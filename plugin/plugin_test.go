@@ -270,3 +270,39 @@ func TestKeyDeclarations(t *testing.T) {
 		require.True(t, strings.HasSuffix(desc, "."), "%s: description must end with a period: %q", k, desc)
 	}
 }
+
+// Every read-only kvm.* key on a 1,000-domain hypervisor (libvirt's test driver), from one
+// collection: discovery lists them all in any state, and each per-domain key answers for each.
+func TestKeysOn1000Domains(t *testing.T) {
+	doms := kvmtest.Domains(1000)
+	p := configured(t, kvmtest.NodeURI(t, doms), "CacheSeconds", "3600")
+	v, err := get(t, p, "kvm.domain.discovery")
+	require.NoError(t, err)
+	var rows []map[string]string
+	require.NoError(t, json.Unmarshal([]byte(v), &rows))
+	require.Len(t, rows, 1000)
+	shutoff := 0
+	for _, r := range rows {
+		if r["{#KVM.DOMAIN.STATE}"] == "shutoff" {
+			shutoff++
+		}
+	}
+	require.Equal(t, 100, shutoff)
+	for _, d := range doms {
+		want := "running"
+		if d.Shutoff {
+			want = "shutoff"
+		}
+		v, err := get(t, p, "kvm.domain.state", d.Name)
+		require.NoError(t, err)
+		require.Equal(t, want, v, d.Name)
+		for _, k := range []string{"kvm.domain.get", "kvm.domain.disk.discovery", "kvm.domain.net.discovery"} {
+			_, err := get(t, p, k, d.Name)
+			require.NoError(t, err, k, d.Name)
+		}
+	}
+	v, err = get(t, p, "kvm.hypervisor.get")
+	require.NoError(t, err)
+	require.Contains(t, v, `"domains":{"crashed":0,"other":0,"paused":0,"running":900,"shutoff":100,"total":1000}`)
+	require.EqualValues(t, 2, p.cache.Calls(), "one collection served every key")
+}
