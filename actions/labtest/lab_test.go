@@ -243,7 +243,9 @@ func TestRealGuests(t *testing.T) {
 			slack := 2 * time.Second
 			assert.Less(t, time.Duration(step(t, rep, actions.StepReboot).Duration), gentle+slack)
 			assert.Less(t, time.Duration(step(t, rep, actions.StepReset).Duration), forced+slack)
-			assert.Contains(t, step(t, rep, actions.StepReset).Detail, "did not return within")
+			// the reset fails at its deadline, either in the reset call itself or in the state read
+			// before it (libvirt can spend seconds on a state read while a monitor call is stuck)
+			assert.Regexp(t, `did not return within|context deadline exceeded`, step(t, rep, actions.StepReset).Detail)
 		})
 
 		t.Run("no agent; deliberate shutdown is never started by recover", func(t *testing.T) {
