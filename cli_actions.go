@@ -37,20 +37,35 @@ type verb2 struct {
 
 func (v verb2) v() verb { return verb{args: v.args, help: v.help, run: v.run} }
 
-// actor loads the configuration and returns the plugin (for Stop) and an Actor acting for env's caller.
-func actor(env *cliEnv) (*plugin.Plugin, *actions.Actor, *plugin.Config, int) {
+// withActor loads the configuration, builds an Actor acting for env's caller and runs fn with a
+// context bounded by limit(cfg), or by --timeout when given: a remote command must end, whatever
+// the guest does. It returns fn's exit status.
+func withActor(env *cliEnv, limit func(*plugin.Config) time.Duration, fn func(ctx context.Context, p *plugin.Plugin, a *actions.Actor) int) int {
 	p, cfg, err := loadPlugin(env)
 	if err != nil {
 		fmt.Fprintf(env.stderr, "error: %v\n", err)
-		return nil, nil, nil, 1
+		return 1
 	}
+	defer p.Stop()
 	a, err := p.Actor(plugin.CallerName(env.caller), env.dryRun)
 	if err != nil {
-		p.Stop()
 		fmt.Fprintf(env.stderr, "error: %v\n", err)
-		return nil, nil, nil, 1
+		return 1
 	}
-	return p, a, cfg, 0
+	d := limit(cfg)
+	if env.timeout > 0 {
+		d = env.timeout
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	return fn(ctx, p, a)
+}
+
+// ladderSteps bounds an action of n ladder rungs (gentle + forced + health wait each).
+func ladderSteps(n int) func(*plugin.Config) time.Duration {
+	return func(cfg *plugin.Config) time.Duration {
+		return time.Duration(n) * (cfg.GentleTimeout + cfg.ForcedTimeout + cfg.HealthTimeout)
+	}
 }
 
 // report prints v as indented JSON and maps err to the exit status: 0 only when done and verified.
@@ -59,7 +74,7 @@ func report(w, ew io.Writer, v any, err error) int {
 	fmt.Fprintln(w, string(b))
 	if err != nil {
 		fmt.Fprintf(ew, "error: %v\n", err)
-		if errors.Is(err, actions.ErrRefused) || errors.Is(err, actions.ErrBusy) {
+		if refused(err) {
 			return 3
 		}
 		return 1
@@ -67,29 +82,15 @@ func report(w, ew io.Writer, v any, err error) int {
 	return 0
 }
 
-// deadline bounds a whole CLI action: a remote command must end, whatever the guest does.
-func deadline(cfg *plugin.Config, env *cliEnv, steps int) (context.Context, context.CancelFunc) {
-	d := time.Duration(steps) * (cfg.GentleTimeout + cfg.ForcedTimeout + cfg.HealthTimeout)
-	if env.timeout > 0 {
-		d = env.timeout
-	}
-	return context.WithTimeout(context.Background(), d)
-}
-
 func cliLifecycle(env *cliEnv, verb string, args []string) int {
 	if len(args) != 1 {
 		fmt.Fprintf(env.stderr, "usage: %s DOMAIN\n", verb)
 		return 2
 	}
-	p, a, cfg, rc := actor(env)
-	if rc != 0 {
-		return rc
-	}
-	defer p.Stop()
-	ctx, cancel := deadline(cfg, env, 1)
-	defer cancel()
-	res, err := a.Do(ctx, verb, args[0])
-	return report(env.stdout, env.stderr, res, err)
+	return withActor(env, ladderSteps(1), func(ctx context.Context, _ *plugin.Plugin, a *actions.Actor) int {
+		res, err := a.Do(ctx, verb, args[0])
+		return report(env.stdout, env.stderr, res, err)
+	})
 }
 
 func cliExec(env *cliEnv, args []string) int {
@@ -102,23 +103,15 @@ func cliExec(env *cliEnv, args []string) int {
 		fmt.Fprintln(env.stderr, "usage: exec DOMAIN [--nowait] -- CMD [ARG...]")
 		return 2
 	}
-	p, a, cfg, rc := actor(env)
-	if rc != 0 {
+	limit := func(cfg *plugin.Config) time.Duration { return cfg.Timeout + 5*time.Second }
+	return withActor(env, limit, func(ctx context.Context, _ *plugin.Plugin, a *actions.Actor) int {
+		res, err := a.Exec(ctx, args[0], args[2:], wait)
+		rc := report(env.stdout, env.stderr, res, err)
+		if rc == 0 && res.Exited && res.ExitCode != 0 {
+			return 4 // the command ran and failed in the guest
+		}
 		return rc
-	}
-	defer p.Stop()
-	ctx, cancel := context.WithTimeout(context.Background(), cfg.Timeout+5*time.Second)
-	if env.timeout > 0 {
-		cancel()
-		ctx, cancel = context.WithTimeout(context.Background(), env.timeout)
-	}
-	defer cancel()
-	res, err := a.Exec(ctx, args[0], args[2:], wait)
-	rc = report(env.stdout, env.stderr, res, err)
-	if rc == 0 && res.Exited && res.ExitCode != 0 {
-		return 4 // the command ran and failed in the guest
-	}
-	return rc
+	})
 }
 
 func cliRecover(env *cliEnv, args []string) int {
@@ -126,21 +119,16 @@ func cliRecover(env *cliEnv, args []string) int {
 		fmt.Fprintln(env.stderr, "usage: recover DOMAIN [BACKEND SERVER]   (without them, the haproxy server of the domain is looked up)")
 		return 2
 	}
-	p, a, cfg, rc := actor(env)
-	if rc != 0 {
-		return rc
-	}
-	defer p.Stop()
-	ctx, cancel := deadline(cfg, env, 3)
-	defer cancel()
-	backend, server := "", ""
-	if len(args) == 3 {
-		backend, server = args[1], args[2]
-	} else {
-		backend, server = p.PoolMember(ctx, args[0])
-	}
-	rep, err := a.Recover(ctx, args[0], backend, server)
-	return report(env.stdout, env.stderr, rep, err)
+	return withActor(env, ladderSteps(3), func(ctx context.Context, p *plugin.Plugin, a *actions.Actor) int {
+		backend, server := "", ""
+		if len(args) == 3 {
+			backend, server = args[1], args[2]
+		} else {
+			backend, server = p.PoolMember(ctx, args[0])
+		}
+		rep, err := a.Recover(ctx, args[0], backend, server)
+		return report(env.stdout, env.stderr, rep, err)
+	})
 }
 
 func cliPool(env *cliEnv, args []string) int {
@@ -148,16 +136,12 @@ func cliPool(env *cliEnv, args []string) int {
 		fmt.Fprintln(env.stderr, "usage: pool BACKEND SERVER ready|drain|maint")
 		return 2
 	}
-	p, a, cfg, rc := actor(env)
-	if rc != 0 {
-		return rc
-	}
-	defer p.Stop()
-	ctx, cancel := context.WithTimeout(context.Background(), cfg.Timeout)
-	defer cancel()
-	err := a.PoolSet(ctx, args[0], args[1], args[2])
-	out := map[string]any{"backend": args[0], "server": args[1], "state": args[2], "done": err == nil, "dry_run": env.dryRun}
-	return report(env.stdout, env.stderr, out, err)
+	limit := func(cfg *plugin.Config) time.Duration { return cfg.Timeout }
+	return withActor(env, limit, func(ctx context.Context, _ *plugin.Plugin, a *actions.Actor) int {
+		err := a.PoolSet(ctx, args[0], args[1], args[2])
+		out := map[string]any{"backend": args[0], "server": args[1], "state": args[2], "done": err == nil, "dry_run": env.dryRun}
+		return report(env.stdout, env.stderr, out, err)
+	})
 }
 
 func refused(err error) bool {

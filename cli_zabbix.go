@@ -9,6 +9,7 @@ import (
 
 	"zabbix-agent2-plugin-kvm/actions"
 	"zabbix-agent2-plugin-kvm/conf/zabbix"
+	"zabbix-agent2-plugin-kvm/plugin"
 )
 
 func init() {
@@ -85,37 +86,32 @@ func cliForcedRestart(env *cliEnv, args []string) int {
 		fmt.Fprintln(env.stderr, "usage: forced-restart DOMAIN")
 		return 2
 	}
-	p, a, cfg, rc := actor(env)
-	if rc != 0 {
-		return rc
-	}
-	defer p.Stop()
-	ctx, cancel := deadline(cfg, env, 2)
-	defer cancel()
-	var steps []any
-	var res actions.Result
-	var err error
-	if stuck, since, serr := p.Conn().MonitorStuck(ctx, args[0], 3*time.Second); serr == nil && stuck {
-		// a reset would queue behind the hung monitor command for ForcedSeconds and then fail
-		steps = append(steps, map[string]any{"verb": "reset", "domain": args[0], "outcome": "skipped",
-			"detail": fmt.Sprintf("QEMU monitor occupied for %s: the guest's QEMU is hung, going straight to destroy", since.Round(time.Second))})
-		err = fmt.Errorf("reset %s: skipped, QEMU monitor hung", args[0])
-	} else {
-		res, err = a.Do(ctx, "reset", args[0])
-		steps = append(steps, res)
-	}
-	if err != nil && !refused(err) && res.Before.State != "shutoff" {
-		var r2 any
-		r2, err = a.Do(ctx, "destroy", args[0])
-		steps = append(steps, r2)
-		if err == nil {
-			r2, err = a.Do(ctx, "start", args[0])
-			steps = append(steps, r2)
+	return withActor(env, ladderSteps(2), func(ctx context.Context, p *plugin.Plugin, a *actions.Actor) int {
+		var steps []any
+		var res actions.Result
+		var err error
+		if stuck, since, serr := p.Conn().MonitorStuck(ctx, args[0], 3*time.Second); serr == nil && stuck {
+			// a reset would queue behind the hung monitor command for ForcedSeconds and then fail
+			steps = append(steps, map[string]any{"verb": "reset", "domain": args[0], "outcome": "skipped",
+				"detail": fmt.Sprintf("QEMU monitor occupied for %s: the guest's QEMU is hung, going straight to destroy", since.Round(time.Second))})
+			err = fmt.Errorf("reset %s: skipped, QEMU monitor hung", args[0])
+		} else {
+			res, err = a.Do(ctx, "reset", args[0])
+			steps = append(steps, res)
 		}
-	} else if err != nil && res.Before.State == "shutoff" {
-		var r2 any
-		r2, err = a.Do(ctx, "start", args[0])
-		steps = append(steps, r2)
-	}
-	return report(env.stdout, env.stderr, steps, err)
+		off := res.Before.State == "shutoff"
+		if err != nil && (off || !refused(err)) {
+			if !off {
+				r, derr := a.Do(ctx, "destroy", args[0])
+				steps = append(steps, r)
+				if err = derr; err != nil {
+					return report(env.stdout, env.stderr, steps, err)
+				}
+			}
+			r, serr := a.Do(ctx, "start", args[0])
+			steps = append(steps, r)
+			err = serr
+		}
+		return report(env.stdout, env.stderr, steps, err)
+	})
 }

@@ -129,15 +129,21 @@ func NormalizeStatus(status string) string {
 
 // ShowStat runs show stat and parses it.
 func (c *Client) ShowStat(ctx context.Context) ([]Stat, error) {
-	reply, err := c.Command(ctx, "show stat")
+	return query(ctx, c, "show stat", ParseStat)
+}
+
+// query runs one runtime-API command and parses its reply; a parse error names the socket and the command.
+func query[T any](ctx context.Context, c *Client, cmd string, parse func(string) (T, error)) (T, error) {
+	var zero T
+	reply, err := c.Command(ctx, cmd)
 	if err != nil {
-		return nil, err
+		return zero, err
 	}
-	stats, err := ParseStat(reply)
+	v, err := parse(reply)
 	if err != nil {
-		return nil, fmt.Errorf("haproxy socket %s: %w", c.Addr, err)
+		return zero, fmt.Errorf("haproxy socket %s: %s: %w", c.Addr, cmd, err)
 	}
-	return stats, nil
+	return v, nil
 }
 
 // statIdx holds the position of each typed column in one header (-1 when absent).

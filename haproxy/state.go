@@ -10,15 +10,7 @@ import (
 
 // ShowInfo runs show info and returns its "Name: value" pairs.
 func (c *Client) ShowInfo(ctx context.Context) (map[string]string, error) {
-	reply, err := c.Command(ctx, "show info")
-	if err != nil {
-		return nil, err
-	}
-	info, err := ParseInfo(reply)
-	if err != nil {
-		return nil, fmt.Errorf("haproxy socket %s: %w", c.Addr, err)
-	}
-	return info, nil
+	return query(ctx, c, "show info", ParseInfo)
 }
 
 // ParseInfo parses a show info reply. Keys may contain spaces ("Build info"), so each line splits on
@@ -128,15 +120,7 @@ func (c *Client) ShowServersState(ctx context.Context, backend string) ([]Server
 		}
 		cmd += " " + backend
 	}
-	reply, err := c.Command(ctx, cmd)
-	if err != nil {
-		return nil, err
-	}
-	st, err := ParseServersState(reply)
-	if err != nil {
-		return nil, fmt.Errorf("haproxy socket %s: %s: %w", c.Addr, cmd, err)
-	}
-	return st, nil
+	return query(ctx, c, cmd, ParseServersState)
 }
 
 // ParseServersState parses a show servers state reply: a version line, a "# be_id be_name …"
