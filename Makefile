@@ -1,17 +1,23 @@
 # The two commands a newcomer needs are `make demo` and `make test` (both as root on Debian 12;
-# they install what they need). Everything else is for developers.
+# each installs what it needs BEFORE it builds). Everything else is for developers.
 SHELL := /bin/bash
 BIN := zabbix-agent2-plugin-kvm
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 GO ?= go
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 export GOFLAGS ?= -buildvcs=false
 
-.PHONY: all build deps test test-unit test-e2e bench bench-e2e demo conf fuzz vet clean
+.PHONY: all build deps deps-demo test test-unit test-e2e bench bench-e2e demo conf fuzz vet lint clean
 
 all: build
 
+# Packages first: building needs libvirt-dev, which a fresh machine does not have.
 deps:
 	bash scripts/deps.sh all
+	$(GO) mod download
+
+deps-demo:
+	bash scripts/deps.sh build agents haproxy
 	$(GO) mod download
 
 build:
@@ -19,29 +25,43 @@ build:
 
 vet:
 	$(GO) vet ./...
+	$(GO) vet -tags integration ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo 'gofmt needed'; exit 1; }
+	$(GO) run $(STATICCHECK) ./...
+	$(GO) run $(STATICCHECK) -tags integration ./...
 
-# Every layer: unit, test driver, real agents 6.0/7.0, haproxy, libvirtd + QEMU guests, Zabbix server.
-test: deps build vet
-	$(GO) test -count=1 -timeout 80m ./... 2>&1 | tee test.out; exit $${PIPESTATUS[0]}
+lint: vet
 
-# Fast layers only (no daemons): unit tests and the libvirt test driver.
-test-unit: build
-	$(GO) test -count=1 ./plugin/... ./kvm/... ./haproxy/... ./sender/... ./actions/... ./conf/...
+# Every layer (what CI runs through .ci/run): unit tests, then everything behind the `integration`
+# build tag (real agents 6.0/7.0, haproxy, libvirtd + QEMU guests, Zabbix server), then every
+# benchmark once, so a benchmark whose setup broke fails here rather than in `make bench`.
+test: deps
+	$(MAKE) build vet
+	set -o pipefail; $(GO) test -count=1 -timeout 80m -tags integration ./... 2>&1 | tee test.out
+	set -o pipefail; $(GO) test -count=1 -timeout 30m -tags integration -run '^$$' -bench . -benchtime 1x \
+		$$($(GO) list -tags integration ./... | grep -v /tests/e2e) 2>&1 | tee -a test.out
+
+# Unit tests only: no root, no daemons, no network beyond loopback; needs libvirt-dev to build.
+test-unit:
+	$(GO) test -count=1 ./...
 
 # The seed scenario alone (Zabbix server + guests + haproxy + agent).
-test-e2e: deps build
-	$(GO) test -count=1 -timeout 60m -v -run 'Scenario' ./tests/e2e/ 2>&1 | tee test-e2e.out; exit $${PIPESTATUS[0]}
+test-e2e: deps
+	$(MAKE) build
+	set -o pipefail; $(GO) test -count=1 -timeout 60m -tags integration -v -run 'Scenario' ./tests/e2e/ 2>&1 | tee test-e2e.out
 
-bench: deps build
+bench: deps
+	$(MAKE) build
 	bash scripts/bench.sh
 
-bench-e2e: deps build
+bench-e2e: deps
+	$(MAKE) build
 	bash scripts/bench.sh e2e
 
-# A real zabbix_agent2 with the plugin on libvirt's embedded test driver; prints real values.
-demo: build
-	bash scripts/deps.sh build agents
+# A real zabbix_agent2 with the plugin on libvirt's embedded test driver and a real haproxy in
+# front of loopback HTTP servers named after the test domains: monitoring, then the ladder.
+demo: deps-demo
+	$(MAKE) build
 	bash scripts/demo.sh
 
 # Regenerate conf/kvm.conf from the option table in plugin/config.go.

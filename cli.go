@@ -5,10 +5,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"sort"
 	"strings"
 	"time"
 
+	"zabbix-agent2-plugin-kvm/hypervisor"
 	"zabbix-agent2-plugin-kvm/plugin"
 	"zabbix-agent2-plugin-kvm/plugin/sdk/container"
 )
@@ -103,9 +105,7 @@ func runCLI(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "zabbix-agent2-plugin-kvm %s (plugin %s, agent 2 plugin protocol 6.0.13 and 6.4.0)\n", Version, plugin.Name)
 		return 0
 	case "keys":
-		keys := plugin.KeyUsage()
-		sort.Slice(keys, func(i, j int) bool { return keys[i][0] < keys[j][0] })
-		for _, k := range keys {
+		for _, k := range plugin.KeyUsage() {
 			fmt.Fprintf(stdout, "%-50s %s\n", k[0], k[1])
 		}
 		return 0
@@ -123,20 +123,35 @@ func runCLI(args []string, stdout, stderr io.Writer) int {
 	return 2
 }
 
-// loadPlugin reads the config file and returns a configured plugin, as the agent would configure it.
-func loadPlugin(env *cliEnv) (*plugin.Plugin, *plugin.Config, error) {
+// loadConfig reads the config file as the agent would configure the plugin from it.
+func loadConfig(env *cliEnv) (*plugin.Config, error) {
 	opts, err := plugin.ReadConfigFile(env.cfgFile)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	cfg, err := plugin.ParseOptions(opts, 3)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", env.cfgFile, err)
+		return nil, fmt.Errorf("%s: %w", env.cfgFile, err)
 	}
-	p := plugin.New()
-	p.Apply(cfg)
-	return p, cfg, nil
+	return cfg, nil
 }
+
+// openHypervisor reads the config file and opens its hypervisor (nothing is dialled yet).
+func openHypervisor(env *cliEnv) (*hypervisor.Hypervisor, error) {
+	cfg, err := loadConfig(env)
+	if err != nil {
+		return nil, err
+	}
+	return hypervisor.New(cfg, stderrLog{env.stderr})
+}
+
+// stderrLog is the CLI's plugin.Logger: warnings and errors to stderr, the rest dropped.
+type stderrLog struct{ w io.Writer }
+
+func (l stderrLog) Debugf(string, ...any)       {}
+func (l stderrLog) Infof(string, ...any)        {}
+func (l stderrLog) Warningf(f string, a ...any) { fmt.Fprintf(l.w, "warning: "+f+"\n", a...) }
+func (l stderrLog) Errf(f string, a ...any)     { fmt.Fprintf(l.w, "error: "+f+"\n", a...) }
 
 func cliGet(env *cliEnv, args []string) int {
 	if len(args) != 1 {
@@ -148,13 +163,16 @@ func cliGet(env *cliEnv, args []string) int {
 		fmt.Fprintf(env.stderr, "error: %v\n", err)
 		return 2
 	}
-	p, cfg, err := loadPlugin(env)
+	h, err := openHypervisor(env)
 	if err != nil {
 		fmt.Fprintf(env.stderr, "error: %v\n", err)
 		return 1
 	}
+	p := plugin.New(nil)
+	// an action key run from the CLI acts as the CLI's caller, not as the agent
+	p.Use(h.Cfg, h.Deps(callerName(env.caller)))
 	defer p.Stop()
-	timeout := cfg.Timeout
+	timeout := h.Cfg.Timeout
 	if env.timeout > 0 {
 		timeout = env.timeout
 	}
@@ -168,4 +186,17 @@ func cliGet(env *cliEnv, args []string) int {
 	s, _ := container.Format(v)
 	fmt.Fprintln(env.stdout, s)
 	return 0
+}
+
+// callerName is who the CLI acts for in the audit log: --caller, else the invoking user.
+func callerName(flag string) string {
+	if flag != "" {
+		return flag
+	}
+	for _, k := range []string{"SUDO_USER", "USER", "LOGNAME"} {
+		if v := os.Getenv(k); v != "" {
+			return "cli:" + v
+		}
+	}
+	return "cli"
 }

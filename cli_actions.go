@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"zabbix-agent2-plugin-kvm/actions"
+	"zabbix-agent2-plugin-kvm/hypervisor"
 	"zabbix-agent2-plugin-kvm/plugin"
 )
 
@@ -40,14 +41,15 @@ func (v verb2) v() verb { return verb{args: v.args, help: v.help, run: v.run} }
 // withActor loads the configuration, builds an Actor acting for env's caller and runs fn with a
 // context bounded by limit(cfg), or by --timeout when given: a remote command must end, whatever
 // the guest does. It returns fn's exit status.
-func withActor(env *cliEnv, limit func(*plugin.Config) time.Duration, fn func(ctx context.Context, p *plugin.Plugin, a *actions.Actor) int) int {
-	p, cfg, err := loadPlugin(env)
+func withActor(env *cliEnv, limit func(*plugin.Config) time.Duration, fn func(ctx context.Context, h *hypervisor.Hypervisor, a *actions.Actor) int) int {
+	h, err := openHypervisor(env)
 	if err != nil {
 		fmt.Fprintf(env.stderr, "error: %v\n", err)
 		return 1
 	}
-	defer p.Stop()
-	a, err := p.Actor(plugin.CallerName(env.caller), env.dryRun)
+	defer h.Close()
+	cfg := h.Cfg
+	a, err := h.Actor(callerName(env.caller), env.dryRun)
 	if err != nil {
 		fmt.Fprintf(env.stderr, "error: %v\n", err)
 		return 1
@@ -58,7 +60,7 @@ func withActor(env *cliEnv, limit func(*plugin.Config) time.Duration, fn func(ct
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
-	return fn(ctx, p, a)
+	return fn(ctx, h, a)
 }
 
 // ladderSteps bounds an action of n ladder rungs (gentle + forced + health wait each).
@@ -87,7 +89,7 @@ func cliLifecycle(env *cliEnv, verb string, args []string) int {
 		fmt.Fprintf(env.stderr, "usage: %s DOMAIN\n", verb)
 		return 2
 	}
-	return withActor(env, ladderSteps(1), func(ctx context.Context, _ *plugin.Plugin, a *actions.Actor) int {
+	return withActor(env, ladderSteps(1), func(ctx context.Context, _ *hypervisor.Hypervisor, a *actions.Actor) int {
 		res, err := a.Do(ctx, verb, args[0])
 		return report(env.stdout, env.stderr, res, err)
 	})
@@ -104,7 +106,7 @@ func cliExec(env *cliEnv, args []string) int {
 		return 2
 	}
 	limit := func(cfg *plugin.Config) time.Duration { return cfg.Timeout + 5*time.Second }
-	return withActor(env, limit, func(ctx context.Context, _ *plugin.Plugin, a *actions.Actor) int {
+	return withActor(env, limit, func(ctx context.Context, _ *hypervisor.Hypervisor, a *actions.Actor) int {
 		res, err := a.Exec(ctx, args[0], args[2:], wait)
 		rc := report(env.stdout, env.stderr, res, err)
 		if rc == 0 && res.Exited && res.ExitCode != 0 {
@@ -119,12 +121,12 @@ func cliRecover(env *cliEnv, args []string) int {
 		fmt.Fprintln(env.stderr, "usage: recover DOMAIN [BACKEND SERVER]   (without them, the haproxy server of the domain is looked up)")
 		return 2
 	}
-	return withActor(env, ladderSteps(3), func(ctx context.Context, p *plugin.Plugin, a *actions.Actor) int {
+	return withActor(env, ladderSteps(3), func(ctx context.Context, h *hypervisor.Hypervisor, a *actions.Actor) int {
 		backend, server := "", ""
 		if len(args) == 3 {
 			backend, server = args[1], args[2]
-		} else {
-			backend, server = p.PoolMember(ctx, args[0])
+		} else if m, ok := h.PoolMember(ctx, args[0]); ok {
+			backend, server = m.Backend, m.Server
 		}
 		rep, err := a.Recover(ctx, args[0], backend, server)
 		return report(env.stdout, env.stderr, rep, err)
@@ -137,7 +139,7 @@ func cliPool(env *cliEnv, args []string) int {
 		return 2
 	}
 	limit := func(cfg *plugin.Config) time.Duration { return cfg.Timeout }
-	return withActor(env, limit, func(ctx context.Context, _ *plugin.Plugin, a *actions.Actor) int {
+	return withActor(env, limit, func(ctx context.Context, _ *hypervisor.Hypervisor, a *actions.Actor) int {
 		err := a.PoolSet(ctx, args[0], args[1], args[2])
 		out := map[string]any{"backend": args[0], "server": args[1], "state": args[2], "done": err == nil, "dry_run": env.dryRun}
 		return report(env.stdout, env.stderr, out, err)

@@ -9,7 +9,7 @@ import (
 
 	"zabbix-agent2-plugin-kvm/actions"
 	"zabbix-agent2-plugin-kvm/conf/zabbix"
-	"zabbix-agent2-plugin-kvm/plugin"
+	"zabbix-agent2-plugin-kvm/hypervisor"
 )
 
 func init() {
@@ -86,11 +86,11 @@ func cliForcedRestart(env *cliEnv, args []string) int {
 		fmt.Fprintln(env.stderr, "usage: forced-restart DOMAIN")
 		return 2
 	}
-	return withActor(env, ladderSteps(2), func(ctx context.Context, p *plugin.Plugin, a *actions.Actor) int {
+	return withActor(env, ladderSteps(2), func(ctx context.Context, h *hypervisor.Hypervisor, a *actions.Actor) int {
 		var steps []any
 		var res actions.Result
 		var err error
-		if stuck, since, serr := p.Conn().MonitorStuck(ctx, args[0], 3*time.Second); serr == nil && stuck {
+		if stuck, since, serr := h.Conn.MonitorStuck(ctx, args[0], 3*time.Second); serr == nil && stuck {
 			// a reset would queue behind the hung monitor command for ForcedSeconds and then fail
 			steps = append(steps, map[string]any{"verb": "reset", "domain": args[0], "outcome": "skipped",
 				"detail": fmt.Sprintf("QEMU monitor occupied for %s: the guest's QEMU is hung, going straight to destroy", since.Round(time.Second))})

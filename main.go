@@ -6,6 +6,7 @@ package main
 import (
 	"os"
 
+	"zabbix-agent2-plugin-kvm/hypervisor"
 	"zabbix-agent2-plugin-kvm/plugin"
 	"zabbix-agent2-plugin-kvm/plugin/sdk/container"
 )
@@ -34,7 +35,7 @@ func pluginMode(args []string) (string, bool) {
 }
 
 func runPlugin(socket, mode string) int {
-	p := plugin.New()
+	p := plugin.New(hypervisor.Open)
 	if err := plugin.Register(p); err != nil {
 		os.Stderr.WriteString("KVM plugin: " + err.Error() + "\n")
 		return 1

@@ -11,6 +11,7 @@ import (
 	"libvirt.org/go/libvirt"
 
 	"zabbix-agent2-plugin-kvm/kvm"
+	"zabbix-agent2-plugin-kvm/kvm/guest"
 )
 
 // Lifecycle verbs accepted by Actor.Do.
@@ -271,7 +272,7 @@ func (a *Actor) state(ctx context.Context, domain string) (State, error) {
 		if err != nil {
 			return err
 		}
-		st = State{State: kvm.StateName(s), Reason: kvm.ReasonName(s, r)}
+		st = State{State: guest.State(s).String(), Reason: guest.ReasonName(guest.State(s), r)}
 		return nil
 	})
 	return st, err

@@ -14,6 +14,7 @@ import (
 	"libvirt.org/go/libvirt"
 
 	"zabbix-agent2-plugin-kvm/kvm"
+	"zabbix-agent2-plugin-kvm/kvm/guest"
 )
 
 // The libvirt test driver (test:///default) runs in-process with no daemon; each connection gets a
@@ -71,7 +72,7 @@ func (f *fixture) state(t *testing.T) State {
 		}
 		defer d.Free()
 		s, r, err := d.GetState()
-		st = State{kvm.StateName(s), kvm.ReasonName(s, r)}
+		st = State{guest.State(s).String(), guest.ReasonName(guest.State(s), r)}
 		return err
 	}))
 	return st
@@ -178,7 +179,7 @@ func TestVerbErrors(t *testing.T) {
 	assert.Equal(t, OutcomeRefused, res.Outcome)
 
 	res, err = a.Do(ctx, VerbReset, "web-missing")
-	require.ErrorIs(t, err, kvm.ErrNoDomain)
+	require.ErrorIs(t, err, guest.ErrNoDomain)
 	assert.Contains(t, err.Error(), "reset web-missing: ")
 	assert.Equal(t, OutcomeFailed, res.Outcome)
 
@@ -190,7 +191,7 @@ func TestVerbErrors(t *testing.T) {
 	// a hostile name is refused by policy, quoted in messages, and never reaches a shell or a path
 	evil := "web-$(touch /tmp/pwned) 'x';rm ünï"
 	_, err = a.Do(ctx, VerbReboot, evil)
-	require.ErrorIs(t, err, kvm.ErrNoDomain) // matches web-.*: libvirt simply has no such domain
+	require.ErrorIs(t, err, guest.ErrNoDomain) // matches web-.*: libvirt simply has no such domain
 	assert.Contains(t, err.Error(), `reboot "web-$(touch /tmp/pwned) 'x';rm ünï": `)
 	_, err = a.Do(ctx, VerbReboot, "web-07\nreboot")
 	require.ErrorIs(t, err, ErrRefused, "AllowDomains is anchored and . does not match a newline")

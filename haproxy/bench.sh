@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Benchmarks of the haproxy package, with the end-to-end ratio against haproxy's own show stat:
-#   - ParseStat / Get on a generated 10,000-server show stat (time, bytes, allocations);
-#   - haproxy.get end to end (Client.ShowStat + Get) on a live haproxy with 1,000 servers, next to
+#   - ParseStat / EncodeStats on a generated 10,000-server show stat (time, bytes, allocations);
+#   - haproxy.get end to end (Client.ShowStat + EncodeStats) on a live haproxy with 1,000 servers, next to
 #     `echo 'show stat' | socat - UNIX-CONNECT:sock` on the same haproxy.
 # Usage: haproxy/bench.sh [COUNT]   (needs haproxy and socat: scripts/deps.sh haproxy)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 count=${1:-3}
 out=$(mktemp); trap 'rm -f "$out"' EXIT
-go test ./haproxy -run '^$' -bench 'ParseStat|Get$|Live1000' -benchmem -count "$count" | tee "$out"
+go test -tags integration ./haproxy -run '^$' -bench 'ParseStat|EncodeStats|Live1000' -benchmem -count "$count" | tee "$out"
 awk '
   /BenchmarkLive1000\/client_showstat_get/ { c += $3; nc++ }
   /BenchmarkLive1000\/socat_show_stat/     { s += $3; ns++ }

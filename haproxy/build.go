@@ -1,56 +1,10 @@
 package haproxy
 
 import (
-	"encoding/json"
-	"fmt"
 	"net"
+	"strconv"
 	"unicode/utf8"
 )
-
-// The builders below produce the values of the plugin's haproxy.* keys. Each returns the key's value
-// as a JSON string, ready to hand to the agent: the plugin protocol carries strings only.
-
-// Discovery is haproxy.discovery: one LLD row per frontend and backend (a listen section gives one
-// of each), in show stat order.
-//
-//	[{"{#HAPROXY.NAME}":"fe_http","{#HAPROXY.TYPE}":"FRONTEND"},{"{#HAPROXY.NAME}":"web","{#HAPROXY.TYPE}":"BACKEND"}]
-func Discovery(stats []Stat) (string, error) {
-	rows := make([]map[string]string, 0, 8)
-	for i := range stats {
-		s := &stats[i]
-		if s.Type != Frontend && s.Type != Backend {
-			continue
-		}
-		rows = append(rows, map[string]string{"{#HAPROXY.NAME}": s.Proxy, "{#HAPROXY.TYPE}": s.Type.String()})
-	}
-	return marshal("haproxy.discovery", rows)
-}
-
-// DomainOf maps a server to the libvirt domain (guest) behind it, from the server's name (servers
-// named after their domain) and IP address ("" when the address has none).
-type DomainOf func(server, ip string) (domain string, ok bool)
-
-// ServerDiscovery is haproxy.server.discovery: one LLD row per server. {#KVM.DOMAIN.NAME} is present
-// only when domainOf (may be nil) maps the server to a guest of this hypervisor.
-//
-//	[{"{#HAPROXY.BACKEND}":"web","{#HAPROXY.SERVER}":"web-01","{#HAPROXY.ADDR}":"10.0.0.11:80","{#KVM.DOMAIN.NAME}":"web-01"}]
-func ServerDiscovery(stats []Stat, domainOf DomainOf) (string, error) {
-	rows := make([]map[string]string, 0, len(stats))
-	for i := range stats {
-		s := &stats[i]
-		if s.Type != Server {
-			continue
-		}
-		row := map[string]string{"{#HAPROXY.BACKEND}": s.Proxy, "{#HAPROXY.SERVER}": s.Name, "{#HAPROXY.ADDR}": s.Addr}
-		if domainOf != nil {
-			if d, ok := domainOf(s.Name, AddrIP(s.Addr)); ok && d != "" {
-				row["{#KVM.DOMAIN.NAME}"] = d
-			}
-		}
-		rows = append(rows, row)
-	}
-	return marshal("haproxy.server.discovery", rows)
-}
 
 // AddrIP returns the IP of a show stat addr ("10.0.0.11:80", "[fd00::1]:80"), or "" when there is none.
 func AddrIP(addr string) string {
@@ -66,9 +20,6 @@ func AddrIP(addr string) string {
 	}
 	return host
 }
-
-// Info is haproxy.info: show info as one JSON object (keys sorted).
-func Info(info map[string]string) (string, error) { return marshal("haproxy.info", info) }
 
 // ServerStatus is the value of haproxy.server.status[<backend>,<server>]. Pointers are null when
 // haproxy has no value (a server without checks has no check duration).
@@ -87,6 +38,7 @@ type ServerStatus struct {
 	CheckDowns      *int64 `json:"check_downs"`
 	DowntimeS       *int64 `json:"downtime_s"`
 	AdminState      string `json:"admin_state"` // ready, drain, maint
+	Pool            string `json:"pool"`        // MAINT or DRAIN when an operator holds it out, else Status
 	OpState         string `json:"op_state"`    // running, stopped, starting, stopping ("" without show servers state)
 	Weight          *int64 `json:"weight"`
 	Addr            string `json:"addr"`
@@ -94,30 +46,9 @@ type ServerStatus struct {
 	SessTotal       *int64 `json:"sessions_total"`
 }
 
-// LookupServerStatus finds backend/server in stats and, when states holds it, takes the admin and
-// operational state from show servers state. Without states the admin state is read off the status
-// (MAINT → maint, DRAIN → drain), which misses a drained server that is also DOWN.
-func LookupServerStatus(stats []Stat, states []ServerState, backend, server string) (ServerStatus, error) {
-	var row *Stat
-	backendSeen := false
-	for i := range stats {
-		if stats[i].Proxy != backend || stats[i].Type == Frontend {
-			continue
-		}
-		backendSeen = true
-		if stats[i].Type == Server && stats[i].Name == server {
-			row = &stats[i]
-			break
-		}
-	}
-	if row == nil {
-		if !backendSeen {
-			return ServerStatus{}, fmt.Errorf("haproxy.server.status[%s,%s]: no backend %q in show stat", backend, server, backend)
-		}
-		return ServerStatus{}, fmt.Errorf("haproxy.server.status[%s,%s]: backend %q has no server %q", backend, server, backend, server)
-	}
+func newServerStatus(row *Stat, state *ServerState) ServerStatus {
 	st := ServerStatus{
-		Backend: backend, Server: server, Status: row.State(), StatusDetail: row.Status,
+		Backend: row.Proxy, Server: row.Name, Status: row.State(), StatusDetail: row.Status,
 		CheckStatus: row.CheckStatus, CheckCode: opt(row.CheckCode), CheckDurationMS: opt(row.CheckDuration),
 		CheckDesc: row.CheckDesc, LastCheck: row.LastCheck, LastChangeS: opt(row.LastChange),
 		CheckFailures: opt(row.CheckFailures), CheckDowns: opt(row.CheckDowns), DowntimeS: opt(row.Downtime),
@@ -131,23 +62,25 @@ func LookupServerStatus(stats []Stat, states []ServerState, backend, server stri
 	default:
 		st.AdminState = "ready"
 	}
-	for i := range states {
-		if states[i].Backend == backend && states[i].Server == server {
-			st.AdminState = states[i].AdminState()
-			st.OpState = states[i].OpStateName()
-			break
-		}
+	if state != nil {
+		st.AdminState = state.AdminState()
+		st.OpState = state.OpStateName()
 	}
-	return st, nil
+	st.Pool = st.poolState()
+	return st
 }
 
-// ServerStatusJSON is LookupServerStatus as the key's JSON value.
-func ServerStatusJSON(stats []Stat, states []ServerState, backend, server string) (string, error) {
-	st, err := LookupServerStatus(stats, states, backend, server)
-	if err != nil {
-		return "", err
+// poolState is what the server's membership in the pool comes down to, with an operator's hold
+// first: MAINT or DRAIN when the admin state says so (whatever the check says: a drained server
+// whose check fails is printed DOWN by haproxy), else the check's verdict (UP, DOWN, NOLB, no check).
+func (st ServerStatus) poolState() string {
+	switch st.AdminState {
+	case "maint":
+		return "MAINT"
+	case "drain":
+		return "DRAIN"
 	}
-	return marshal(fmt.Sprintf("haproxy.server.status[%s,%s]", backend, server), st)
+	return st.Status
 }
 
 func opt(n int64) *int64 {
@@ -157,14 +90,6 @@ func opt(n int64) *int64 {
 	return &n
 }
 
-func marshal(key string, v any) (string, error) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return "", fmt.Errorf("%s: encode JSON: %w", key, err)
-	}
-	return string(b), nil
-}
-
 // stringColumns stay JSON strings in Get even when they look like numbers (a server named "1").
 var stringColumns = map[string]bool{
 	"pxname": true, "svname": true, "status": true, "check_status": true, "last_chk": true, "last_agt": true,
@@ -172,12 +97,12 @@ var stringColumns = map[string]bool{
 	"algo": true, "tracked": true,
 }
 
-// Get is haproxy.get, the master item: every show stat row as one JSON object keyed by haproxy's
-// column names, in show stat order. Integer columns are JSON numbers, the rest strings; empty
-// columns are left out (haproxy leaves a column empty when it does not apply to the row type).
-// It writes JSON by hand: with thousands of servers, going through maps and encoding/json costs
-// several times more than the socket exchange.
-func Get(stats []Stat) (string, error) {
+// EncodeStats writes every show stat row as one JSON object keyed by haproxy's column names, in
+// show stat order. Integer columns are JSON numbers, the rest strings; empty columns are left out
+// (haproxy leaves a column empty when it does not apply to the row type). It writes JSON by hand:
+// with thousands of servers, going through maps and encoding/json costs several times more than
+// the socket exchange. Rows not made by ParseStat (no columns) are written with their typed fields.
+func EncodeStats(stats []Stat) []byte {
 	size := 2
 	for i := range stats {
 		for j, v := range stats[i].values {
@@ -194,7 +119,19 @@ func Get(stats []Stat) (string, error) {
 	for i := range stats {
 		s := &stats[i]
 		if s.cols == nil {
-			return "", fmt.Errorf("haproxy.get: row %d (%s/%s) was not parsed from show stat", i, s.Proxy, s.Name)
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, `{"pxname":`...)
+			b = appendJSONString(b, s.Proxy)
+			b = append(b, `,"svname":`...)
+			b = appendJSONString(b, s.Name)
+			b = append(b, `,"type":`...)
+			b = strconv.AppendInt(b, int64(s.Type), 10)
+			b = append(b, `,"status":`...)
+			b = appendJSONString(b, s.Status)
+			b = append(b, '}')
+			continue
 		}
 		if s.cols != kcols {
 			kcols = s.cols
@@ -228,8 +165,7 @@ func Get(stats []Stat) (string, error) {
 		}
 		b = append(b, '}')
 	}
-	b = append(b, ']')
-	return string(b), nil
+	return append(b, ']')
 }
 
 // isJSONInt accepts -?(0|[1-9][0-9]*) up to 18 digits, which JSON and Zabbix read as exact integers.

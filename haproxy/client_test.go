@@ -125,35 +125,49 @@ func TestDiff(t *testing.T) {
 	row := func(be, srv, status string) Stat {
 		return Stat{Proxy: be, Name: srv, Type: Server, Status: status, Addr: "10.0.0.1:80"}
 	}
+	state := func(be, srv string, admin int64) ServerState {
+		return ServerState{Backend: be, Server: srv, AdminBits: admin, OpState: 2}
+	}
+	snap := func(stats []Stat, states ...ServerState) *Snapshot { return NewSnapshot(stats, states, now) }
 	base := []Stat{row("web", "a", "UP"), row("web", "b", "DOWN"), {Proxy: "web", Name: "BACKEND", Type: Backend, Status: "UP"}}
-	cur, ch := diff(nil, base, now)
+	cur, ch := diff(nil, snap(base))
 	assert.Empty(t, ch, "first poll is the baseline")
 	assert.Len(t, cur, 2, "only servers are tracked")
 
 	tests := []struct {
-		name  string
-		stats []Stat
-		want  []Change
+		name string
+		snap *Snapshot
+		want []Change
 	}{
-		{"unchanged", base, nil},
-		{"going down is not down yet", []Stat{row("web", "a", "UP 1/2"), row("web", "b", "DOWN 1/2")}, nil},
-		{"transitions", []Stat{row("web", "a", "DOWN"), row("web", "b", "UP")}, []Change{
+		{"unchanged", snap(base), nil},
+		{"going down is not down yet", snap([]Stat{row("web", "a", "UP 1/2"), row("web", "b", "DOWN 1/2")}), nil},
+		{"transitions", snap([]Stat{row("web", "a", "DOWN"), row("web", "b", "UP")}), []Change{
 			{Backend: "web", Server: "a", Addr: "10.0.0.1:80", Old: "UP", New: "DOWN", Time: now},
 			{Backend: "web", Server: "b", Addr: "10.0.0.1:80", Old: "DOWN", New: "UP", Time: now},
 		}},
-		{"maint via tracking", []Stat{row("web", "a", "MAINT (via api/a)"), row("web", "b", "DOWN")}, []Change{
+		{"maint via tracking", snap([]Stat{row("web", "a", "MAINT (via api/a)"), row("web", "b", "DOWN")}), []Change{
 			{Backend: "web", Server: "a", Addr: "10.0.0.1:80", Old: "UP", New: "MAINT", Time: now},
 		}},
-		{"new server, gone server", []Stat{row("web", "a", "UP"), row("web", "c", "NOLB")}, []Change{
+		// haproxy prints DOWN for a drained server whose check fails: the admin state wins, so an
+		// operator's drain is never reported as a failure
+		{"drained and failing is DRAIN", snap([]Stat{row("web", "a", "DOWN"), row("web", "b", "DOWN")},
+			state("web", "a", AdminForcedDrain), state("web", "b", 0)), []Change{
+			{Backend: "web", Server: "a", Addr: "10.0.0.1:80", Old: "UP", New: "DRAIN", Time: now},
+		}},
+		{"maintained by configuration", snap([]Stat{row("web", "a", "UP"), row("web", "b", "DOWN")},
+			state("web", "a", AdminConfigMaint|AdminForcedMaint), state("web", "b", 0)), []Change{
+			{Backend: "web", Server: "a", Addr: "10.0.0.1:80", Old: "UP", New: "MAINT", Time: now},
+		}},
+		{"new server, gone server", snap([]Stat{row("web", "a", "UP"), row("web", "c", "NOLB")}), []Change{
 			{Backend: "web", Server: "c", Addr: "10.0.0.1:80", Old: "", New: "NOLB", Time: now},
 		}},
-		{"same name, other backend", []Stat{row("web", "a", "UP"), row("web", "b", "DOWN"), row("api", "a", "DOWN")}, []Change{
+		{"same name, other backend", snap([]Stat{row("web", "a", "UP"), row("web", "b", "DOWN"), row("api", "a", "DOWN")}), []Change{
 			{Backend: "api", Server: "a", Addr: "10.0.0.1:80", Old: "", New: "DOWN", Time: now},
 		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, got := diff(cur, tt.stats, now)
+			_, got := diff(cur, tt.snap)
 			assert.Equal(t, tt.want, got)
 		})
 	}
@@ -161,7 +175,7 @@ func TestDiff(t *testing.T) {
 
 func TestWatcherValidates(t *testing.T) {
 	w := &Watcher{}
-	require.ErrorContains(t, w.Start(context.Background()), "Client and OnChange are required")
+	require.ErrorContains(t, w.Start(context.Background()), "Source and OnChange are required")
 	w.Stop() // not started: no-op
 }
 
@@ -173,7 +187,7 @@ func TestWatcherStopLeavesNoGoroutine(t *testing.T) {
 	before := runtime.NumGoroutine()
 	for i := 0; i < 20; i++ {
 		errs := make(chan error, 100)
-		w := &Watcher{Client: c, Interval: time.Millisecond, OnChange: func(Change) {}, OnError: func(err error) { errs <- err }}
+		w := &Watcher{Source: c, Interval: time.Millisecond, OnChange: func(Change) {}, OnError: func(err error) { errs <- err }}
 		require.NoError(t, w.Start(context.Background()))
 		for n := 0; n < 3; n++ { // keeps polling after failures
 			select {
@@ -187,7 +201,7 @@ func TestWatcherStopLeavesNoGoroutine(t *testing.T) {
 	}
 	// a parent context that ends also ends the goroutine
 	ctx, cancel := context.WithCancel(context.Background())
-	w := &Watcher{Client: c, Interval: time.Millisecond, OnChange: func(Change) {}}
+	w := &Watcher{Source: c, Interval: time.Millisecond, OnChange: func(Change) {}}
 	require.NoError(t, w.Start(ctx))
 	cancel()
 	w.Stop()

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -196,11 +197,6 @@ func TestParseInfoCapture(t *testing.T) {
 	assert.Contains(t, info, "Build info") // a key with a space
 	assert.Contains(t, info, "Uptime_sec")
 	assert.NotEmpty(t, info["Pid"])
-	js, err := Info(info)
-	require.NoError(t, err)
-	var back map[string]string
-	require.NoError(t, json.Unmarshal([]byte(js), &back))
-	assert.Equal(t, info, back)
 }
 
 // haproxy's error replies, as captured, must be errors that quote haproxy, never empty tables.
@@ -291,69 +287,22 @@ func TestNormalizeStatus(t *testing.T) {
 	}
 }
 
-func TestBuildersGolden(t *testing.T) {
-	stats, states := fixtureStats(t), fixtureStates(t)
-	d, err := Discovery(stats)
-	require.NoError(t, err)
-	golden(t, "discovery.json", d)
-	sd, err := ServerDiscovery(stats, nil)
-	require.NoError(t, err)
-	golden(t, "server_discovery.json", sd)
-	g, err := Get(stats)
-	require.NoError(t, err)
-	golden(t, "get.json", g)
+func TestEncodersGolden(t *testing.T) {
+	snap := NewSnapshot(fixtureStats(t), fixtureStates(t), time.Now())
+	golden(t, "get.json", string(snap.JSON()))
 	for _, s := range []string{"web-01", "web-02", "web-03", "web-04", "web-05", "web-06"} {
-		js, err := ServerStatusJSON(stats, states, "web", s)
+		st, err := snap.Server("web", s)
 		require.NoError(t, err)
-		golden(t, "server_status_"+s+".json", js)
-	}
-}
-
-func TestDiscovery(t *testing.T) {
-	d, err := Discovery(fixtureStats(t))
-	require.NoError(t, err)
-	var rows []map[string]string
-	require.NoError(t, json.Unmarshal([]byte(d), &rows))
-	assert.Equal(t, []map[string]string{
-		{"{#HAPROXY.NAME}": "fe_http", "{#HAPROXY.TYPE}": "FRONTEND"},
-		{"{#HAPROXY.NAME}": "web", "{#HAPROXY.TYPE}": "BACKEND"},
-		{"{#HAPROXY.NAME}": "api", "{#HAPROXY.TYPE}": "BACKEND"},
-	}, rows)
-}
-
-func TestServerDiscoveryMapsDomains(t *testing.T) {
-	stats := fixtureStats(t)
-	// Only web-01's port maps to a guest: the mapper sees the IP, so give web-01 a distinct one.
-	for i := range stats {
-		if stats[i].Name == "web-01" {
-			stats[i].Addr = "10.77.0.11:80"
-		}
-	}
-	var asked []string
-	sd, err := ServerDiscovery(stats, func(_, ip string) (string, bool) {
-		asked = append(asked, ip)
-		return "guest-web-01", ip == "10.77.0.11"
-	})
-	require.NoError(t, err)
-	var rows []map[string]string
-	require.NoError(t, json.Unmarshal([]byte(sd), &rows))
-	require.Len(t, rows, 10)
-	assert.Len(t, asked, 10)
-	assert.Equal(t, map[string]string{
-		"{#HAPROXY.BACKEND}": "web", "{#HAPROXY.SERVER}": "web-01", "{#HAPROXY.ADDR}": "10.77.0.11:80",
-		"{#KVM.DOMAIN.NAME}": "guest-web-01",
-	}, rows[0])
-	for _, r := range rows[1:] {
-		assert.NotContains(t, r, "{#KVM.DOMAIN.NAME}", r["{#HAPROXY.SERVER}"])
+		js, err := json.Marshal(st)
+		require.NoError(t, err)
+		golden(t, "server_status_"+s+".json", string(js))
 	}
 }
 
 func TestGetMatchesColumns(t *testing.T) {
 	stats := fixtureStats(t)
-	g, err := Get(stats)
-	require.NoError(t, err)
 	var rows []map[string]any
-	require.NoError(t, json.Unmarshal([]byte(g), &rows))
+	require.NoError(t, json.Unmarshal(EncodeStats(stats), &rows))
 	require.Len(t, rows, len(stats))
 	for i, r := range rows {
 		for k, v := range stats[i].RawMap() {
@@ -380,40 +329,43 @@ func jsonNum(f float64) string { b, _ := json.Marshal(f); return string(b) }
 
 func TestServerStatus(t *testing.T) {
 	stats, states := fixtureStats(t), fixtureStates(t)
+	snap, noStates := NewSnapshot(stats, states, time.Now()), NewSnapshot(stats, nil, time.Now())
 	tests := []struct {
-		server, status, admin, op string
-		hasDuration               bool
+		server, status, admin, op, pool string
+		hasDuration                     bool
 	}{
-		{"web-01", "UP", "ready", "running", true},
-		{"web-02", "DOWN", "ready", "stopped", true},
-		{"web-03", "MAINT", "maint", "stopped", false},
-		{"web-04", "DRAIN", "drain", "running", true},
-		{"web-05", "NOLB", "ready", "stopping", true},
-		{"web-06", "no check", "ready", "running", false},
-		{"web-07", "MAINT", "maint", "stopped", false},
+		{"web-01", "UP", "ready", "running", "UP", true},
+		{"web-02", "DOWN", "ready", "stopped", "DOWN", true},
+		{"web-03", "MAINT", "maint", "stopped", "MAINT", false},
+		{"web-04", "DRAIN", "drain", "running", "DRAIN", true},
+		{"web-05", "NOLB", "ready", "stopping", "NOLB", true},
+		{"web-06", "no check", "ready", "running", "no check", false},
+		{"web-07", "MAINT", "maint", "stopped", "MAINT", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.server, func(t *testing.T) {
-			st, err := LookupServerStatus(stats, states, "web", tt.server)
+			st, err := snap.Server("web", tt.server)
 			require.NoError(t, err)
 			assert.Equal(t, tt.status, st.Status)
 			assert.Equal(t, tt.admin, st.AdminState)
 			assert.Equal(t, tt.op, st.OpState)
+			assert.Equal(t, tt.pool, st.Pool)
 			assert.Equal(t, tt.hasDuration, st.CheckDurationMS != nil)
 			require.NotNil(t, st.Weight)
 			// without show servers state the admin state comes from the status word
-			st2, err := LookupServerStatus(stats, nil, "web", tt.server)
+			st2, err := noStates.Server("web", tt.server)
 			require.NoError(t, err)
 			assert.Equal(t, tt.admin, st2.AdminState)
 			assert.Equal(t, "", st2.OpState)
 		})
 	}
-	_, err := LookupServerStatus(stats, states, "nope", "web-01")
-	require.ErrorContains(t, err, `haproxy.server.status[nope,web-01]: no backend "nope"`)
-	_, err = ServerStatusJSON(stats, states, "web", "nope")
-	require.ErrorContains(t, err, `haproxy.server.status[web,nope]: backend "web" has no server "nope"`)
-	_, err = LookupServerStatus(stats, states, "fe_http", "FRONTEND")
+	_, err := snap.Server("nope", "web-01")
+	require.ErrorContains(t, err, `no backend "nope"`)
+	_, err = snap.Server("web", "nope")
+	require.ErrorContains(t, err, `backend "web" has no server "nope"`)
+	_, err = snap.Server("fe_http", "FRONTEND")
 	require.ErrorContains(t, err, `no backend "fe_http"`)
+	require.Len(t, snap.Servers(), 10)
 }
 
 func TestAppendJSONString(t *testing.T) {
@@ -427,5 +379,3 @@ func TestAppendJSONString(t *testing.T) {
 		assert.Equal(t, w, back, "%q", s)
 	}
 }
-
-func jsonValid(s string) bool { return json.Valid([]byte(s)) }

@@ -1,3 +1,5 @@
+//go:build integration
+
 package haproxy
 
 import (
@@ -42,16 +44,11 @@ func awaitServer(t testing.TB, c *Client, backend, server, what string, timeout 
 	t.Helper()
 	var got ServerStatus
 	harness.WaitFor(t, timeout, 25*time.Millisecond, fmt.Sprintf("%s/%s %s", backend, server, what), func() (bool, error) {
-		ctx := context.Background()
-		stats, err := c.ShowStat(ctx)
+		snap, err := c.Snapshot(context.Background())
 		if err != nil {
 			return false, err
 		}
-		states, err := c.ShowServersState(ctx, "")
-		if err != nil {
-			return false, err
-		}
-		got, err = LookupServerStatus(stats, states, backend, server)
+		got, err = snap.Server(backend, server)
 		if err != nil {
 			return false, err
 		}

@@ -1,3 +1,5 @@
+//go:build integration
+
 package haproxy
 
 import (
@@ -109,7 +111,7 @@ func TestLiveSetServerState(t *testing.T) {
 		err := c.SetServerState(ctx, e.backend, e.server, e.state)
 		require.Error(t, err, "%+v", e)
 		assert.Contains(t, err.Error(), e.want)
-		assert.Contains(t, err.Error(), "haproxy.server.set[")
+		assert.Contains(t, err.Error(), fmt.Sprintf("set server %q/%q state %q", e.backend, e.server, e.state))
 	}
 	// the refused injection really did nothing to web-02
 	awaitStatus(t, c, "web", "web-02", "UP", settle)
@@ -125,7 +127,7 @@ func TestLiveRestartRecovers(t *testing.T) {
 
 	changes := make(chan Change, 16)
 	errs := make(chan error, 64)
-	w := &Watcher{Client: c, Interval: 50 * time.Millisecond,
+	w := &Watcher{Source: c, Interval: 50 * time.Millisecond,
 		OnChange: func(ch Change) { changes <- ch },
 		OnError: func(err error) {
 			select {
@@ -185,7 +187,7 @@ func TestLiveWatcherReportsChanges(t *testing.T) {
 	awaitStatus(t, c, "web", "web-02", "UP", settle)
 
 	changes := make(chan Change, 16)
-	w := &Watcher{Client: c, Interval: 50 * time.Millisecond, OnChange: func(ch Change) { changes <- ch },
+	w := &Watcher{Source: c, Interval: 50 * time.Millisecond, OnChange: func(ch Change) { changes <- ch },
 		OnError: func(err error) { t.Errorf("poll failed: %v", err) }}
 	require.NoError(t, w.Start(ctx))
 	require.ErrorContains(t, w.Start(ctx), "already started")
@@ -290,7 +292,7 @@ func TestLiveTCPSocket(t *testing.T) {
 	ctx := context.Background()
 	stats, err := c.ShowStat(ctx)
 	require.NoError(t, err)
-	st, err := LookupServerStatus(stats, nil, "web", "web-01")
+	st, err := NewSnapshot(stats, nil, time.Now()).Server("web", "web-01")
 	require.NoError(t, err)
 	assert.Equal(t, "UP", st.Status)
 	assert.Equal(t, b1.Addr(), st.Addr)

@@ -28,7 +28,7 @@ func checkName(what, name string) error {
 // then re-reads show servers state to verify haproxy applied it. haproxy answers an empty line on
 // success and a message ("No such server.") on failure; both are handled here.
 func (c *Client) SetServerState(ctx context.Context, backend, server, state string) error {
-	key := fmt.Sprintf("haproxy.server.set[%s,%s,%s]", backend, server, state)
+	key := fmt.Sprintf("set server %q/%q state %q", backend, server, state)
 	switch state {
 	case "ready", "drain", "maint":
 	default:

@@ -10,18 +10,18 @@ import (
 // DefaultInterval is the Watcher's poll period when none is given.
 const DefaultInterval = time.Second
 
-// Change is one server's state transition, as seen between two polls.
+// Change is one server's transition of its pool state (ServerStatus.Pool), as seen between two polls.
 type Change struct {
 	Backend string
 	Server  string
 	Addr    string    // ip:port from show stat
-	Old     string    // normalized status before ("" for a server that appeared after the first poll)
-	New     string    // normalized status now: UP, DOWN, MAINT, DRAIN, NOLB, no check
-	Time    time.Time // when the poll that saw it returned
+	Old     string    // pool state before ("" for a server that appeared after the first poll)
+	New     string    // pool state now: UP, DOWN, NOLB, no check, or MAINT/DRAIN when an operator holds it out
+	Time    time.Time // when the poll that saw it was taken
 }
 
-// Watcher polls show stat and reports per-server status transitions. It is the engine of the
-// plugin's push Runner.
+// Watcher polls haproxy (a Snapshot: show stat and show servers state) and reports per-server
+// pool-state transitions. It is the engine of the plugin's push Runner.
 //
 // Semantics: the first successful poll only records the baseline and reports nothing (the Zabbix
 // items poll the current state anyway, and re-sending every state at each agent start would fire
@@ -31,7 +31,7 @@ type Change struct {
 // known states, so after a restart the watcher reports exactly what differs from before it.
 // Callbacks run on the watcher's goroutine, in order; a slow OnChange delays the next poll.
 type Watcher struct {
-	Client   *Client
+	Source   Source
 	Interval time.Duration // poll period, DefaultInterval when 0
 	Timeout  time.Duration // deadline of one poll, Interval when 0 (the Client's own timeout also applies)
 	OnChange func(Change)
@@ -42,12 +42,10 @@ type Watcher struct {
 	done   chan struct{}
 }
 
-type serverKey struct{ backend, server string }
-
 // Start begins polling in a goroutine until ctx ends or Stop is called.
 func (w *Watcher) Start(ctx context.Context) error {
-	if w.Client == nil || w.OnChange == nil {
-		return errors.New("haproxy watcher: Client and OnChange are required")
+	if w.Source == nil || w.OnChange == nil {
+		return errors.New("haproxy watcher: Source and OnChange are required")
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -101,7 +99,7 @@ func (w *Watcher) run(ctx context.Context) {
 
 func (w *Watcher) poll(ctx context.Context, timeout time.Duration, last map[serverKey]string) map[serverKey]string {
 	pctx, cancel := context.WithTimeout(ctx, timeout)
-	stats, err := w.Client.ShowStat(pctx)
+	snap, err := w.Source.Snapshot(pctx)
 	cancel()
 	if ctx.Err() != nil {
 		return last
@@ -112,31 +110,27 @@ func (w *Watcher) poll(ctx context.Context, timeout time.Duration, last map[serv
 		}
 		return last
 	}
-	cur, changes := diff(last, stats, time.Now())
+	cur, changes := diff(last, snap)
 	for _, c := range changes {
 		w.OnChange(c)
 	}
 	return cur
 }
 
-// diff compares a poll with the previous states (nil: this is the baseline, report nothing) and
-// returns the new states and the transitions, in show stat order.
-func diff(prev map[serverKey]string, stats []Stat, now time.Time) (map[serverKey]string, []Change) {
-	cur := make(map[serverKey]string, len(stats))
+// diff compares a poll with the previous pool states (nil: this is the baseline, report nothing)
+// and returns the new states and the transitions, in show stat order.
+func diff(prev map[serverKey]string, snap *Snapshot) (map[serverKey]string, []Change) {
+	servers := snap.Servers()
+	cur := make(map[serverKey]string, len(servers))
 	var changes []Change
-	for i := range stats {
-		s := &stats[i]
-		if s.Type != Server {
-			continue
-		}
-		k := serverKey{s.Proxy, s.Name}
-		st := s.State()
-		cur[k] = st
+	for _, s := range servers {
+		k := serverKey{s.Backend, s.Server}
+		cur[k] = s.Pool
 		if prev == nil {
 			continue
 		}
-		if old, ok := prev[k]; !ok || old != st {
-			changes = append(changes, Change{Backend: s.Proxy, Server: s.Name, Addr: s.Addr, Old: old, New: st, Time: now})
+		if old, ok := prev[k]; !ok || old != s.Pool {
+			changes = append(changes, Change{Backend: s.Backend, Server: s.Server, Addr: s.Addr, Old: old, New: s.Pool, Time: snap.Taken})
 		}
 	}
 	return cur, changes

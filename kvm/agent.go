@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"libvirt.org/go/libvirt"
+
+	"zabbix-agent2-plugin-kvm/kvm/guest"
 )
 
 // ErrAgent wraps every qemu-guest-agent failure (not connected, not responding, command error).
@@ -50,7 +52,7 @@ func (c *Conn) AgentCommand(ctx context.Context, domain, cmd string, args any) (
 		return err
 	})
 	if err != nil {
-		if errors.Is(err, ErrNoDomain) {
+		if errors.Is(err, guest.ErrNoDomain) {
 			return nil, err
 		}
 		return nil, fmt.Errorf("%w %s: %w", ErrAgent, cmd, err)
@@ -75,7 +77,7 @@ func (c *Conn) AgentCommand(ctx context.Context, domain, cmd string, args any) (
 func (c *Conn) AgentPing(ctx context.Context, domain string) (bool, error) {
 	_, err := c.AgentCommand(ctx, domain, "guest-ping", nil)
 	if err != nil {
-		if errors.Is(err, ErrNoDomain) {
+		if errors.Is(err, guest.ErrNoDomain) {
 			return false, err
 		}
 		return false, nil
@@ -83,21 +85,10 @@ func (c *Conn) AgentPing(ctx context.Context, domain string) (bool, error) {
 	return true, nil
 }
 
-// AgentInfo is kvm.domain.agent.get. Each section is collected on its own; a failing section is
-// named in Errors and the others are still returned (a guest without guest-get-users support, say).
-type AgentInfo struct {
-	OS          json.RawMessage   `json:"os,omitempty"`
-	Hostname    string            `json:"hostname,omitempty"`
-	Filesystems json.RawMessage   `json:"filesystems,omitempty"`
-	Users       json.RawMessage   `json:"users,omitempty"`
-	Interfaces  json.RawMessage   `json:"interfaces,omitempty"`
-	Errors      map[string]string `json:"errors,omitempty"`
-}
-
 // AgentGet collects OS, hostname, filesystems, users and interfaces from the guest agent. It fails
 // only when no section could be read (agent absent or hung), with the first error.
-func (c *Conn) AgentGet(ctx context.Context, domain string) (*AgentInfo, error) {
-	info := &AgentInfo{}
+func (c *Conn) AgentGet(ctx context.Context, domain string) (*guest.AgentInfo, error) {
+	info := &guest.AgentInfo{}
 	sections := []struct {
 		name, cmd string
 		set       func(json.RawMessage) error
@@ -123,7 +114,7 @@ func (c *Conn) AgentGet(ctx context.Context, domain string) (*AgentInfo, error) 
 			err = s.set(r)
 		}
 		if err != nil {
-			if errors.Is(err, ErrNoDomain) {
+			if errors.Is(err, guest.ErrNoDomain) {
 				return nil, err
 			}
 			if first == nil {

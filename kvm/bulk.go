@@ -24,17 +24,9 @@ import (
 	"unsafe"
 
 	"libvirt.org/go/libvirt"
-)
 
-// Record is one domain's statistics as flat "group.field" → value pairs, the same names and text
-// `virsh domstats` prints (state.state=1, net.0.rx.bytes=…), so captured virsh output and live
-// records go through the same parser.
-type Record struct {
-	Name   string
-	UUID   string
-	Params map[string]string
-	Stale  string // why the monitor groups (cpu, balloon, vcpu, block) are from an earlier collection
-}
+	"zabbix-agent2-plugin-kvm/kvm/guest"
+)
 
 // Each collection makes two bulk calls. libvirt's QEMU driver reads state and interface counters
 // without QEMU's monitor, but cpu, balloon, vcpu and block need the domain's job and a monitor
@@ -48,9 +40,9 @@ const (
 )
 
 // BulkStats makes one virConnectGetAllDomainStats call for every domain, in any state, for the
-// given stats groups. With nowait, libvirt skips domains whose job is held instead of waiting 30 s
+// given stats groups, with NOWAIT: libvirt skips domains whose job is held instead of waiting 30 s
 // or forever on them, returning their state and cached values only.
-func BulkStats(conn *libvirt.Connect, types libvirt.DomainStatsTypes, nowait bool) ([]Record, error) {
+func BulkStats(conn *libvirt.Connect, types libvirt.DomainStatsTypes) ([]guest.Record, error) {
 	raw, err := conn.RawPtr()
 	if err != nil {
 		return nil, err
@@ -58,10 +50,7 @@ func BulkStats(conn *libvirt.Connect, types libvirt.DomainStatsTypes, nowait boo
 	cconn := C.virConnectPtr(unsafe.Pointer(raw))
 	defer C.virConnectClose(cconn) // RawPtr took a reference
 
-	flags := C.uint(0)
-	if nowait {
-		flags |= C.uint(libvirt.CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT)
-	}
+	flags := C.uint(libvirt.CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT)
 	var recs *C.virDomainStatsRecordPtr
 	var cerr C.virError
 	n := C.kvmGetAllStats(cconn, C.uint(types), flags, &recs, &cerr)
@@ -71,11 +60,11 @@ func BulkStats(conn *libvirt.Connect, types libvirt.DomainStatsTypes, nowait boo
 		return nil, e
 	}
 	defer C.virDomainStatsRecordListFree(recs)
-	out := make([]Record, int(n))
+	out := make([]guest.Record, int(n))
 	var uuid [C.VIR_UUID_STRING_BUFLEN]C.char
 	for i := range out {
 		r := C.kvmRecord(recs, C.int(i))
-		rec := Record{Name: C.GoString(C.virDomainGetName(r.dom)), Params: make(map[string]string, int(r.nparams))}
+		rec := guest.Record{Name: C.GoString(C.virDomainGetName(r.dom)), Params: make(map[string]string, int(r.nparams))}
 		if C.virDomainGetUUIDString(r.dom, &uuid[0]) == 0 {
 			rec.UUID = C.GoString(&uuid[0])
 		}

@@ -8,53 +8,29 @@ import (
 	"time"
 
 	"libvirt.org/go/libvirt"
+
+	"zabbix-agent2-plugin-kvm/kvm/guest"
 )
-
-// Snapshot is the result of one bulk call, shared read-only by every key until it expires.
-type Snapshot struct {
-	Taken   time.Time
-	Records []Record // sorted by name
-	byName  map[string]int
-}
-
-// Lookup finds a domain's record by name.
-func (s *Snapshot) Lookup(name string) (*Record, error) {
-	i, ok := s.byName[name]
-	if !ok {
-		return nil, fmt.Errorf("%w: %q", ErrNoDomain, name)
-	}
-	return &s.Records[i], nil
-}
-
-func newSnapshot(recs []Record, at time.Time) *Snapshot {
-	SortRecords(recs)
-	s := &Snapshot{Taken: at, Records: recs, byName: make(map[string]int, len(recs))}
-	for i := range recs {
-		s.byName[recs[i].Name] = i
-	}
-	return s
-}
 
 // Cache makes one collection (two bulk libvirt calls, see StatsFast) per period, however many keys
 // and callers ask: concurrent callers of an expired snapshot share one in-flight collection.
 type Cache struct {
 	conn   *Conn
 	period time.Duration
-	nowait bool
 
 	mu     sync.Mutex
-	snap   *Snapshot
+	snap   *guest.Snapshot
 	flight *flight
 
 	calls atomic.Int64
 }
 
-func (c *Cache) bulk(ctx context.Context, types libvirt.DomainStatsTypes) ([]Record, error) {
-	var recs []Record
+func (c *Cache) bulk(ctx context.Context, types libvirt.DomainStatsTypes) ([]guest.Record, error) {
+	var recs []guest.Record
 	err := c.conn.Do(ctx, func(l *libvirt.Connect) error {
 		c.calls.Add(1)
 		var err error
-		recs, err = BulkStats(l, types, c.nowait)
+		recs, err = BulkStats(l, types)
 		return err
 	})
 	return recs, err
@@ -62,8 +38,8 @@ func (c *Cache) bulk(ctx context.Context, types libvirt.DomainStatsTypes) ([]Rec
 
 // merge adds the monitor groups to the fast records. When that call failed (timed out on a hung
 // QEMU), each domain keeps its previous monitor values, marked stale, rather than losing them.
-func merge(recs, slow []Record, slowErr error, prev *Snapshot) {
-	byUUID := make(map[string]*Record, len(slow))
+func merge(recs, slow []guest.Record, slowErr error, prev *guest.Snapshot) {
+	byUUID := make(map[string]*guest.Record, len(slow))
 	for i := range slow {
 		byUUID[slow[i].UUID] = &slow[i]
 	}
@@ -95,14 +71,14 @@ func merge(recs, slow []Record, slowErr error, prev *Snapshot) {
 
 type flight struct {
 	done chan struct{} // closed when the call ends
-	snap *Snapshot
+	snap *guest.Snapshot
 	err  error
 }
 
 // NewCache returns a cache over conn; period 0 means every Get makes a call (still shared by
 // callers that arrive while it runs).
 func NewCache(conn *Conn, period time.Duration) *Cache {
-	return &Cache{conn: conn, period: period, nowait: true}
+	return &Cache{conn: conn, period: period}
 }
 
 // Calls reports how many bulk libvirt calls the cache has made (two per collection).
@@ -110,14 +86,14 @@ func (c *Cache) Calls() int64 { return c.calls.Load() }
 
 // Last returns the newest snapshot, however old, without waiting for libvirt (nil before the first).
 // For what changes rarely (which domains exist), a slow libvirt must not stall the caller.
-func (c *Cache) Last() *Snapshot {
+func (c *Cache) Last() *guest.Snapshot {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.snap
 }
 
 // Get returns a snapshot no older than the period.
-func (c *Cache) Get(ctx context.Context) (*Snapshot, error) {
+func (c *Cache) Get(ctx context.Context) (*guest.Snapshot, error) {
 	c.mu.Lock()
 	if c.snap != nil && c.period > 0 && time.Since(c.snap.Taken) < c.period {
 		s := c.snap
@@ -157,7 +133,7 @@ func (c *Cache) refresh(f *flight) {
 		prev := c.snap
 		c.mu.Unlock()
 		merge(recs, slow, serr, prev)
-		f.snap = newSnapshot(recs, start)
+		f.snap = guest.NewSnapshot(recs, start)
 	}
 	c.mu.Lock()
 	if f.snap != nil {

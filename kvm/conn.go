@@ -6,18 +6,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
 	"sync"
 	"time"
 
 	"libvirt.org/go/libvirt"
+
+	"zabbix-agent2-plugin-kvm/kvm/guest"
 )
 
 // ErrBusy means every libvirt worker is stuck in a C call that has not returned (a hung QEMU monitor,
 // a dead daemon): the caller gets an answer within its deadline instead of queueing behind them.
 var ErrBusy = errors.New("libvirt busy: every worker is waiting on an earlier call")
-
-// ErrNoDomain is returned when a domain name is not known to libvirt.
-var ErrNoDomain = errors.New("no such domain")
 
 // DefaultWorkers bounds how many libvirt C calls may be in flight at once. C calls cannot be
 // cancelled, so a hung call keeps its worker; the bound keeps a hung hypervisor from growing
@@ -36,7 +36,6 @@ type Conn struct {
 	timeout time.Duration
 	jobs    chan job
 	stop    chan struct{}
-	wg      sync.WaitGroup
 
 	mu    sync.Mutex
 	conn  *libvirt.Connect
@@ -68,7 +67,6 @@ func NewConn(uri string, timeout time.Duration, workers int) *Conn {
 		workers = DefaultWorkers
 	}
 	c := &Conn{uri: uri, timeout: timeout, jobs: make(chan job), stop: make(chan struct{})}
-	c.wg.Add(workers)
 	for i := 0; i < workers; i++ {
 		go c.worker()
 	}
@@ -89,7 +87,6 @@ func (c *Conn) Dials() int {
 }
 
 func (c *Conn) worker() {
-	defer c.wg.Done()
 	for {
 		select {
 		case <-c.stop:
@@ -211,16 +208,26 @@ func (c *Conn) Close() {
 	c.mu.Unlock()
 }
 
-// LookupDomain finds a domain by name; the error wraps ErrNoDomain when libvirt does not know it.
+// LookupDomain finds a domain by name, or by UUID when no domain has that name (Zabbix names a
+// guest host after its domain's UUID); the error wraps guest.ErrNoDomain when libvirt knows neither.
 // The caller must Free the domain.
-func LookupDomain(conn *libvirt.Connect, name string) (*libvirt.Domain, error) {
-	d, err := conn.LookupDomainByName(name)
+func LookupDomain(conn *libvirt.Connect, nameOrUUID string) (*libvirt.Domain, error) {
+	d, err := conn.LookupDomainByName(nameOrUUID)
+	if err != nil && noDomain(err) && uuidText.MatchString(nameOrUUID) {
+		d, err = conn.LookupDomainByUUIDString(nameOrUUID)
+	}
 	if err != nil {
-		var lerr libvirt.Error
-		if errors.As(err, &lerr) && lerr.Code == libvirt.ERR_NO_DOMAIN {
-			return nil, fmt.Errorf("%w: %q", ErrNoDomain, name)
+		if noDomain(err) {
+			return nil, fmt.Errorf("%w: %q", guest.ErrNoDomain, nameOrUUID)
 		}
-		return nil, fmt.Errorf("lookup domain %q: %w", name, err)
+		return nil, fmt.Errorf("lookup domain %q: %w", nameOrUUID, err)
 	}
 	return d, nil
+}
+
+var uuidText = regexp.MustCompile(`^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$`)
+
+func noDomain(err error) bool {
+	var lerr libvirt.Error
+	return errors.As(err, &lerr) && lerr.Code == libvirt.ERR_NO_DOMAIN
 }

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"libvirt.org/go/libvirt"
+
+	"zabbix-agent2-plugin-kvm/kvm/guest"
 )
 
 // Ping is kvm.hypervisor.ping: the daemon answers an RPC (the library version) before ctx expires.
@@ -17,26 +19,13 @@ func (c *Conn) Ping(ctx context.Context) bool {
 	}) == nil
 }
 
-// Hypervisor is the value of kvm.hypervisor.get.
-type Hypervisor struct {
-	Hostname          string         `json:"hostname"`
-	URI               string         `json:"uri"`
-	LibvirtVersion    string         `json:"libvirt_version"`
-	HypervisorType    string         `json:"hypervisor_type"`
-	HypervisorVersion string         `json:"hypervisor_version"`
-	CPUs              uint           `json:"cpus"`
-	CPUModel          string         `json:"cpu_model"`
-	MemoryBytes       uint64         `json:"memory_bytes"`
-	Domains           map[string]int `json:"domains"`
-}
-
 func version(v uint32) string {
 	return fmt.Sprintf("%d.%d.%d", v/1000000, v/1000%1000, v%1000)
 }
 
 // HypervisorInfo reads host facts (one short RPC each) and counts domains by state from snap.
-func (c *Conn) HypervisorInfo(ctx context.Context, snap *Snapshot) (*Hypervisor, error) {
-	h := &Hypervisor{URI: c.uri, Domains: Counts(snap.Records)}
+func (c *Conn) HypervisorInfo(ctx context.Context, snap *guest.Snapshot) (*guest.Hypervisor, error) {
+	h := &guest.Hypervisor{URI: c.uri, Domains: guest.Counts(snap.Records)}
 	err := c.Do(ctx, func(l *libvirt.Connect) error {
 		var err error
 		if h.Hostname, err = l.GetHostname(); err != nil {

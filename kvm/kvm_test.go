@@ -3,9 +3,6 @@ package kvm
 import (
 	"context"
 	"errors"
-	"net"
-	"net/http"
-	"net/http/httptest"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,32 +12,9 @@ import (
 	"github.com/stretchr/testify/require"
 	"libvirt.org/go/libvirt"
 
+	"zabbix-agent2-plugin-kvm/kvm/guest"
 	"zabbix-agent2-plugin-kvm/kvm/kvmtest"
 )
-
-func TestStateAndReasonNames(t *testing.T) {
-	tests := []struct {
-		state  libvirt.DomainState
-		reason int
-		name   string
-		why    string
-	}{
-		{libvirt.DOMAIN_RUNNING, 1, "running", "booted"},
-		{libvirt.DOMAIN_PAUSED, 1, "paused", "user"},
-		{libvirt.DOMAIN_PAUSED, 5, "paused", "I/O error"},
-		{libvirt.DOMAIN_SHUTOFF, 1, "shutoff", "shutdown"},
-		{libvirt.DOMAIN_SHUTOFF, 2, "shutoff", "destroyed"},
-		{libvirt.DOMAIN_SHUTOFF, 3, "shutoff", "crashed"},
-		{libvirt.DOMAIN_CRASHED, 1, "crashed", "panicked"},
-		{libvirt.DOMAIN_PMSUSPENDED, 0, "pmsuspended", "unknown"},
-		{libvirt.DomainState(42), 0, "unknown(42)", "reason(0)"},
-		{libvirt.DOMAIN_RUNNING, 99, "running", "reason(99)"},
-	}
-	for _, tt := range tests {
-		require.Equal(t, tt.name, StateName(tt.state))
-		require.Equal(t, tt.why, ReasonName(tt.state, tt.reason))
-	}
-}
 
 func TestConnDeadlineAndBusy(t *testing.T) {
 	c := NewConn("test:///default", 200*time.Millisecond, 2)
@@ -70,7 +44,7 @@ func TestConnRecoversPanicAndLooksUp(t *testing.T) {
 		_, err := LookupDomain(l, "nope")
 		return err
 	})
-	require.ErrorIs(t, err, ErrNoDomain)
+	require.ErrorIs(t, err, guest.ErrNoDomain)
 	require.True(t, c.Ping(context.Background()))
 	require.Equal(t, 1, c.Dials())
 }
@@ -112,7 +86,7 @@ func TestCacheSingleFlight(t *testing.T) {
 	s, err := cache.Get(context.Background())
 	require.NoError(t, err)
 	require.Len(t, s.Records, 1000)
-	counts := Counts(s.Records)
+	counts := guest.Counts(s.Records)
 	require.Equal(t, 100, counts["shutoff"])
 	require.Equal(t, 900, counts["running"])
 
@@ -144,67 +118,25 @@ func TestInventoryFromXML(t *testing.T) {
 	require.NotEmpty(t, i.NICs[0].Target) // the test driver names running targets itself (testnet0)
 	require.False(t, i.HasAgent)
 	_, err = inv.Get(context.Background(), "missing", false)
-	require.ErrorIs(t, err, ErrNoDomain)
-}
-
-func TestParseDomainXMLAgentChannel(t *testing.T) {
-	inv, err := ParseDomainXML("g", `<domain><devices><channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel></devices></domain>`)
-	require.NoError(t, err)
-	require.True(t, inv.HasAgent)
-	_, err = ParseDomainXML("g", `<domain><devices>`)
-	require.ErrorContains(t, err, `domain "g" XML`)
-}
-
-func TestChecksOnLoopback(t *testing.T) {
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/health" {
-			w.WriteHeader(204)
-			return
-		}
-		http.Error(w, "nope", 503)
-	}))
-	defer srv.Close()
-	host, portS, _ := net.SplitHostPort(srv.Listener.Addr().String())
-	port, _ := strconv.Atoi(portS)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	require.True(t, TCPCheck(ctx, host, port))
-	r := HTTPCheck(ctx, host, port, "/health")
-	require.Equal(t, 204, r.Status)
-	require.Empty(t, r.Error)
-	r = HTTPCheck(ctx, host, port, "other")
-	require.Equal(t, 503, r.Status)
-	require.Equal(t, "HTTP 503 Service Unavailable", r.Error)
-
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	closed := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	require.False(t, TCPCheck(ctx, "127.0.0.1", closed))
-	r = HTTPCheck(ctx, "127.0.0.1", closed, "/")
-	require.Equal(t, 0, r.Status)
-	require.Contains(t, r.Error, "connection refused")
-
-	// a listener that accepts but never answers: the check ends at the deadline
-	hang, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer hang.Close()
-	go func() {
-		for {
-			c, err := hang.Accept()
-			if err != nil {
-				return
-			}
-			defer c.Close()
-		}
-	}()
-	short, cancel2 := context.WithTimeout(context.Background(), 300*time.Millisecond)
-	defer cancel2()
-	start := time.Now()
-	r = HTTPCheck(short, "127.0.0.1", hang.Addr().(*net.TCPAddr).Port, "/")
-	require.Equal(t, 0, r.Status)
-	require.True(t, errors.Is(short.Err(), context.DeadlineExceeded))
-	require.Less(t, time.Since(start), 2*time.Second)
+	require.ErrorIs(t, err, guest.ErrNoDomain)
 }
 
 var errTest = errors.New("libvirt call on qemu:///system: context deadline exceeded")
+
+// A monitor call that timed out keeps each domain's previous cpu/memory/disk values, marked stale,
+// while state and network come from this collection.
+func TestMergeKeepsPreviousMonitorValues(t *testing.T) {
+	prev := guest.NewSnapshot([]guest.Record{{Name: "a", UUID: "u1", Params: map[string]string{"state.state": "1", "cpu.time": "7", "net.count": "0"}}}, time.Now())
+	fast := []guest.Record{{Name: "a", UUID: "u1", Params: map[string]string{"state.state": "1", "net.count": "0"}},
+		{Name: "b", UUID: "u2", Params: map[string]string{"state.state": "5"}}}
+	merge(fast, nil, errTest, prev)
+	require.Equal(t, "7", fast[0].Params["cpu.time"])
+	require.Equal(t, errTest.Error(), fast[0].Domain().StatsError)
+	require.NotContains(t, fast[1].Params, "cpu.time")
+
+	fresh := []guest.Record{{Name: "a", UUID: "u1", Params: map[string]string{"state.state": "1"}}}
+	merge(fresh, []guest.Record{{Name: "a", UUID: "u1", Params: map[string]string{"state.state": "3", "cpu.time": "9"}}}, nil, prev)
+	require.Equal(t, "9", fresh[0].Params["cpu.time"])
+	require.Equal(t, "1", fresh[0].Params["state.state"], "the fast call's state wins")
+	require.Empty(t, fresh[0].Stale)
+}

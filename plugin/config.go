@@ -222,10 +222,15 @@ func ParseOptions(opts map[string]conf.Value, globalTimeout int) (*Config, error
 	return c, nil
 }
 
-// GuestAddressAllowed reports whether checks may connect to ip: only inside the configured
-// private segment, so a wrong or spoofed address (a guest agent reports what the guest says)
-// never sends check traffic anywhere else.
+// GuestAddressAllowed reports whether checks may connect to ip: never to an address libvirt's test
+// driver reported (its addresses are made up, e.g. 192.168.122.3 for the domain "test", and may
+// belong to anyone), and otherwise only inside the configured private segment, so a wrong or
+// spoofed address (a guest agent reports what the guest says) never sends check traffic anywhere
+// else. It is called before any dial.
 func (c *Config) GuestAddressAllowed(ip string) error {
+	if TestDriver(c.URI) {
+		return fmt.Errorf("address %s comes from libvirt's test driver (%s), whose addresses are made up: guest checks never dial them", ip, c.URI)
+	}
 	if len(c.GuestNetworks) == 0 {
 		return fmt.Errorf("guest checks are off: set Plugins.%s.GuestNetworks to the guests' private segment", Name)
 	}
@@ -236,6 +241,13 @@ func (c *Config) GuestAddressAllowed(ip string) error {
 		}
 	}
 	return fmt.Errorf("address %s is outside Plugins.%s.GuestNetworks", ip, Name)
+}
+
+// TestDriver reports whether uri is libvirt's test driver (test:///default, test:///path/node.xml,
+// test+unix://… served by a daemon).
+func TestDriver(uri string) bool {
+	scheme, _, _ := strings.Cut(uri, ":")
+	return scheme == "test" || strings.HasPrefix(scheme, "test+")
 }
 
 func lineOf(v conf.Value) string {
@@ -292,9 +304,6 @@ func ConfDoc() string {
 			b.WriteString("# Range: " + o.rng + "\n")
 		}
 		def := o.def
-		if def == "" {
-			def = ""
-		}
 		b.WriteString("# Default:\n")
 		switch o.name {
 		case "System.Path":

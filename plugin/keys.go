@@ -4,24 +4,47 @@ import (
 	"context"
 	"encoding/json"
 	"regexp"
-	"strconv"
+	"sort"
 
-	"zabbix-agent2-plugin-kvm/kvm"
 	"zabbix-agent2-plugin-kvm/plugin/sdk/metric"
 )
 
-type handler func(p *Plugin, ctx context.Context, params map[string]string) (any, error)
+// handler answers one key with validated, defaulted parameters; ctx ends at the key's deadline.
+type handler func(ctx context.Context, params map[string]string) (any, error)
 
-type keyDef struct {
-	metric *metric.Metric
-	fn     handler
+// key is one item key: its declaration (description, parameters) and its handler.
+type key struct {
+	decl   *metric.Metric
+	handle handler
 }
 
+// The item keys: the plugin's public interface. Names are stable.
+const (
+	keyHypervisorPing      = "kvm.hypervisor.ping"
+	keyHypervisorGet       = "kvm.hypervisor.get"
+	keyDomainDiscovery     = "kvm.domain.discovery"
+	keyDomainGet           = "kvm.domain.get"
+	keyDomainState         = "kvm.domain.state"
+	keyDiskDiscovery       = "kvm.domain.disk.discovery"
+	keyNetDiscovery        = "kvm.domain.net.discovery"
+	keyAgentPing           = "kvm.domain.agent.ping"
+	keyAgentGet            = "kvm.domain.agent.get"
+	keyDomainTCP           = "kvm.domain.tcp"
+	keyDomainHTTP          = "kvm.domain.http"
+	keyDomainExec          = "kvm.domain.exec"
+	keyHAProxyDiscovery    = "haproxy.discovery"
+	keyHAProxyServerDisc   = "haproxy.server.discovery"
+	keyHAProxyGet          = "haproxy.get"
+	keyHAProxyInfo         = "haproxy.info"
+	keyHAProxyServerStatus = "haproxy.server.status"
+	keyHAProxyServerSet    = "haproxy.server.set"
+)
+
 // domainName accepts what libvirt accepts in practice: anything but control characters and '/'.
-var domainName = metric.PatternValidator{Pattern: regexp.MustCompile(`^[^/\x00-\x1f]{1,200}$`), Hint: "a libvirt domain name (no '/' or control characters)"}
+var domainArg = metric.PatternValidator{Pattern: regexp.MustCompile(`^[^/\x00-\x1f]{1,200}$`), Hint: "a libvirt domain name or UUID (no '/' or control characters)"}
 
 func domainParam() *metric.Param {
-	return metric.NewParam("Domain", "libvirt domain name").SetRequired().WithValidator(domainName)
+	return metric.NewParam("Domain", "libvirt domain name or UUID").SetRequired().WithValidator(domainArg)
 }
 
 func portParam(def string) *metric.Param {
@@ -32,52 +55,80 @@ func portParam(def string) *metric.Param {
 	return p.SetRequired()
 }
 
-// keyTable is the plugin's public interface: key → declaration + handler. Names are stable.
-var keyTable = map[string]keyDef{
-	"kvm.hypervisor.ping":  {metric.New("Returns 1 if libvirt answers within the timeout, else 0.", nil, false), hypervisorPing},
-	"kvm.hypervisor.get":   {metric.New("Hypervisor facts and domain counts by state, as JSON.", nil, false), hypervisorGet},
-	"kvm.domain.discovery": {metric.New("LLD of libvirt domains in any state, with title, private address and haproxy server.", nil, false), domainDiscovery},
-	"kvm.domain.get": {metric.New("Domain state, CPU, memory, disk and interface counters, as JSON (master item).",
-		[]*metric.Param{domainParam()}, false), domainGet},
-	"kvm.domain.state": {metric.New("Domain state: running, paused, shutoff, crashed, pmsuspended, blocked, shutdown, nostate.",
-		[]*metric.Param{domainParam()}, false), domainState},
-	"kvm.domain.disk.discovery": {metric.New("LLD of a domain's block devices.", []*metric.Param{domainParam()}, false), diskDiscovery},
-	"kvm.domain.net.discovery":  {metric.New("LLD of a domain's network interfaces.", []*metric.Param{domainParam()}, false), netDiscovery},
-	"kvm.domain.agent.ping": {metric.New("Returns 1 if the domain's qemu-guest-agent answers, else 0.",
-		[]*metric.Param{domainParam()}, false), agentPing},
-	"kvm.domain.agent.get": {metric.New("Guest OS, hostname, filesystems, users and interfaces from qemu-guest-agent, as JSON.",
-		[]*metric.Param{domainParam()}, false), agentGet},
-	"kvm.domain.tcp": {metric.New("Returns 1 if a TCP connection to the guest's private address and port succeeds, else 0.",
-		[]*metric.Param{domainParam(), portParam("")}, false), domainTCP},
-	"kvm.domain.http": {metric.New("HTTP GET to the guest's private address: status, time and error, as JSON.",
-		[]*metric.Param{domainParam(), portParam("80"),
-			metric.NewParam("Path", "request path").WithDefault("/").WithValidator(metric.PatternValidator{Pattern: regexp.MustCompile(`^/[\x21-\x7e]*$`), Hint: "a path starting with / without spaces"})}, false), domainHTTP},
-	"kvm.domain.exec": {metric.New("Runs an allow-listed command in the guest through qemu-guest-agent (no shell); returns its output, or 1 with nowait.",
-		[]*metric.Param{domainParam(), metric.NewParam("Command", "command line; quotes group words, nothing is expanded").SetRequired(),
-			metric.NewParam("Mode", "wait for the output, or return at once").WithDefault("wait").WithValidator(metric.SetValidator{Set: []string{"wait", "nowait"}})}, false), domainExec},
+func backendParam() *metric.Param {
+	return metric.NewParam("Backend", "haproxy backend name").SetRequired()
+}
+func serverParam() *metric.Param {
+	return metric.NewParam("Server", "haproxy server name").SetRequired()
 }
 
-func metrics() metric.MetricSet {
+// keys builds the key table over d: every key's declaration and its handler, which takes only the
+// dependencies it uses. With empty Deps it still gives every declaration (the registration run).
+func keys(d *Deps, cfg *Config) map[string]key {
+	dom := []*metric.Param{domainParam()}
+	guard := cfg.GuestAddressAllowed
+	t := map[string]key{
+		keyHypervisorPing: {metric.New("Returns 1 if libvirt answers within the timeout, else 0.", nil, false),
+			hypervisorPing(d.Host)},
+		keyHypervisorGet: {metric.New("Hypervisor facts and domain counts by state, as JSON.", nil, false),
+			hypervisorGet(d.Host, d.Stats)},
+		keyDomainDiscovery: {metric.New("LLD of libvirt domains in any state, with title, private address and haproxy server.", nil, false),
+			domainDiscovery(d.Stats, d.Inventory, d.HAProxy)},
+		keyDomainGet: {metric.New("Domain state, CPU, memory, disk and interface counters, as JSON (master item).", dom, false),
+			domainGet(d.Stats, d.Inventory)},
+		keyDomainState: {metric.New("Domain state: running, paused, shutoff, crashed, pmsuspended, blocked, shutdown, nostate.", dom, false),
+			domainState(d.Stats)},
+		keyDiskDiscovery: {metric.New("LLD of a domain's block devices.", dom, false), diskDiscovery(d.Stats)},
+		keyNetDiscovery:  {metric.New("LLD of a domain's network interfaces.", dom, false), netDiscovery(d.Stats, d.Inventory)},
+		keyAgentPing: {metric.New("Returns 1 if the domain's qemu-guest-agent answers, else 0.", dom, false),
+			agentPing(d.Agent)},
+		keyAgentGet: {metric.New("Guest OS, hostname, filesystems, users and interfaces from qemu-guest-agent, as JSON.", dom, false),
+			agentGet(d.Agent)},
+		keyDomainTCP: {metric.New("Returns 1 if a TCP connection to the guest's private address and port succeeds, else 0.",
+			[]*metric.Param{domainParam(), portParam("")}, false), domainTCP(d.Stats, d.Inventory, guard)},
+		keyDomainHTTP: {metric.New("HTTP GET to the guest's private address: status, time and error, as JSON.",
+			[]*metric.Param{domainParam(), portParam("80"),
+				metric.NewParam("Path", "request path").WithDefault("/").WithValidator(metric.PatternValidator{Pattern: regexp.MustCompile(`^/[\x21-\x7e]*$`), Hint: "a path starting with / without spaces"})}, false),
+			domainHTTP(d.Stats, d.Inventory, guard)},
+		keyDomainExec: {metric.New("Runs an allow-listed command in the guest through qemu-guest-agent (no shell); returns its output, or 1 with nowait.",
+			[]*metric.Param{domainParam(), metric.NewParam("Command", "command line; quotes group words, nothing is expanded").SetRequired(),
+				metric.NewParam("Mode", "wait for the output, or return at once").WithDefault("wait").WithValidator(metric.SetValidator{Set: []string{"wait", "nowait"}})}, false),
+			domainExec(d.Actions)},
+		keyHAProxyDiscovery: {metric.New("LLD of haproxy frontends and backends.", nil, false), haproxyDiscovery(d.HAProxy)},
+		keyHAProxyServerDisc: {metric.New("LLD of haproxy servers, with the libvirt domain that owns each server's address.", nil, false),
+			haproxyServerDiscovery(d.HAProxy, d.Stats, d.Inventory)},
+		keyHAProxyGet:  {metric.New("Every show stat row (frontends, backends, servers) as JSON (master item).", nil, false), haproxyGet(d.HAProxy)},
+		keyHAProxyInfo: {metric.New("The haproxy show info fields as JSON.", nil, false), haproxyInfo(d.HAProxy)},
+		keyHAProxyServerStatus: {metric.New("A server's status (UP, DOWN, MAINT, DRAIN, NOLB, no check), check detail and admin state, as JSON.",
+			[]*metric.Param{backendParam(), serverParam()}, false), haproxyServerStatus(d.HAProxy)},
+		keyHAProxyServerSet: {metric.New("Sets a server's admin state (ready, drain, maint) through the runtime API; an action: needs Plugins.KVM.Actions.Enable.",
+			[]*metric.Param{backendParam(), serverParam(), metric.NewParam("State", "ready, drain or maint").SetRequired().
+				WithValidator(metric.SetValidator{Set: []string{"ready", "drain", "maint"}})}, false), haproxyServerSet(d.Actions)},
+	}
+	for name, k := range testKeys() {
+		t[name] = k
+	}
+	return t
+}
+
+// declarations are the keys as the registration run announces them.
+func declarations() metric.MetricSet {
 	ms := metric.MetricSet{}
-	for k, d := range keyTable {
-		ms[k] = d.metric
+	for name, k := range keys(&Deps{}, &Config{}) {
+		ms[name] = k.decl
 	}
 	return ms
 }
 
-// KeyUsage lists every key with its parameters and description (the CLI's `keys`).
+// KeyUsage lists every key with its parameters and description, sorted (the CLI's `keys`).
 func KeyUsage() [][2]string {
-	out := make([][2]string, 0, len(keyTable))
-	for k, d := range keyTable {
-		out = append(out, [2]string{d.metric.Usage(k), d.metric.Description})
+	ms := declarations()
+	out := make([][2]string, 0, len(ms))
+	for name, m := range ms {
+		out = append(out, [2]string{m.Usage(name), m.Description})
 	}
+	sort.Slice(out, func(i, j int) bool { return out[i][0] < out[j][0] })
 	return out
-}
-
-func (p *Plugin) parts() (*kvm.Conn, *kvm.Cache, *kvm.Inventories, *Config) {
-	p.mu.RLock()
-	defer p.mu.RUnlock()
-	return p.conn, p.cache, p.inv, p.cfg
 }
 
 func jsonText(v any) (any, error) {
@@ -88,153 +139,9 @@ func jsonText(v any) (any, error) {
 	return string(b), nil
 }
 
-func hypervisorPing(p *Plugin, ctx context.Context, _ map[string]string) (any, error) {
-	conn, _, _, _ := p.parts()
-	if conn.Ping(ctx) {
-		return "1", nil
-	}
-	return "0", nil
-}
-
-func hypervisorGet(p *Plugin, ctx context.Context, _ map[string]string) (any, error) {
-	conn, cache, _, _ := p.parts()
-	snap, err := cache.Get(ctx)
-	if err != nil {
-		return nil, err
-	}
-	h, err := conn.HypervisorInfo(ctx, snap)
-	if err != nil {
-		return nil, err
-	}
-	return jsonText(h)
-}
-
-func record(p *Plugin, ctx context.Context, params map[string]string) (*kvm.Record, error) {
-	_, cache, _, _ := p.parts()
-	snap, err := cache.Get(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return snap.Lookup(params["Domain"])
-}
-
-func domainState(p *Plugin, ctx context.Context, params map[string]string) (any, error) {
-	r, err := record(p, ctx, params)
-	if err != nil {
-		return nil, err
-	}
-	st, _ := r.StateCode()
-	return kvm.StateName(st), nil
-}
-
-func domainGet(p *Plugin, ctx context.Context, params map[string]string) (any, error) {
-	r, err := record(p, ctx, params)
-	if err != nil {
-		return nil, err
-	}
-	d := r.Domain()
-	// stats carry interface names only; the MAC lets Zabbix tell devices apart across restarts
-	_, _, inv, _ := p.parts()
-	if i, err := inv.Get(ctx, d.Name, false); err == nil {
-		for n := range d.Interfaces {
-			for _, nic := range i.NICs {
-				if nic.Target == d.Interfaces[n].Name {
-					d.Interfaces[n].MAC = nic.MAC
-				}
-			}
-		}
-	}
-	return jsonText(d)
-}
-
-func diskDiscovery(p *Plugin, ctx context.Context, params map[string]string) (any, error) {
-	r, err := record(p, ctx, params)
-	if err != nil {
-		return nil, err
-	}
-	rows := []map[string]string{}
-	for _, d := range r.Domain().Disks {
-		rows = append(rows, map[string]string{"{#KVM.DISK.NAME}": d.Name, "{#KVM.DISK.PATH}": d.Path})
-	}
-	return jsonText(rows)
-}
-
-func netDiscovery(p *Plugin, ctx context.Context, params map[string]string) (any, error) {
-	r, err := record(p, ctx, params)
-	if err != nil {
-		return nil, err
-	}
-	_, _, inv, _ := p.parts()
-	rows := []map[string]string{}
-	i, _ := inv.Get(ctx, r.Name, false)
-	for _, n := range r.Domain().Interfaces {
-		row := map[string]string{"{#KVM.NET.NAME}": n.Name, "{#KVM.NET.MAC}": ""}
-		if i != nil {
-			for _, nic := range i.NICs {
-				if nic.Target == n.Name {
-					row["{#KVM.NET.MAC}"] = nic.MAC
-				}
-			}
-		}
-		rows = append(rows, row)
-	}
-	return jsonText(rows)
-}
-
-func agentPing(p *Plugin, ctx context.Context, params map[string]string) (any, error) {
-	conn, _, _, _ := p.parts()
-	ok, err := conn.AgentPing(ctx, params["Domain"])
-	if err != nil {
-		return nil, err
-	}
+func boolText(ok bool) string {
 	if ok {
-		return "1", nil
+		return "1"
 	}
-	return "0", nil
-}
-
-func agentGet(p *Plugin, ctx context.Context, params map[string]string) (any, error) {
-	conn, _, _, _ := p.parts()
-	info, err := conn.AgentGet(ctx, params["Domain"])
-	if err != nil {
-		return nil, err
-	}
-	return jsonText(info)
-}
-
-// guestIP resolves a domain's private address or says why it has none.
-func guestIP(p *Plugin, ctx context.Context, domain string) (string, error) {
-	_, _, inv, cfg := p.parts()
-	i, err := inv.Get(ctx, domain, true)
-	if err != nil {
-		return "", err
-	}
-	if i.IP == "" {
-		return "", errNoAddress
-	}
-	if err := cfg.GuestAddressAllowed(i.IP); err != nil {
-		return "", err
-	}
-	return i.IP, nil
-}
-
-func domainTCP(p *Plugin, ctx context.Context, params map[string]string) (any, error) {
-	ip, err := guestIP(p, ctx, params["Domain"])
-	if err != nil {
-		return nil, err
-	}
-	port, _ := strconv.Atoi(params["Port"])
-	if kvm.TCPCheck(ctx, ip, port) {
-		return "1", nil
-	}
-	return "0", nil
-}
-
-func domainHTTP(p *Plugin, ctx context.Context, params map[string]string) (any, error) {
-	ip, err := guestIP(p, ctx, params["Domain"])
-	if err != nil {
-		return nil, err
-	}
-	port, _ := strconv.Atoi(params["Port"])
-	return jsonText(kvm.HTTPCheck(ctx, ip, port, params["Path"]))
+	return "0"
 }

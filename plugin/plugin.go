@@ -1,5 +1,8 @@
-// Package plugin is the KVM plugin: it wires libvirt (kvm), haproxy and actions to item keys,
-// holds the configuration, and implements the agent 2 plugin interfaces through plugin/sdk.
+// Package plugin is the Zabbix-facing side of the KVM plugin: the item keys (declarations and
+// handlers), the Plugins.KVM.* configuration, the LLD rows and the push of haproxy state changes to
+// Zabbix trapper items, served through the agent 2 plugin protocol (plugin/sdk). It talks to libvirt,
+// haproxy and the actions package only through the narrow interfaces in deps.go, which package
+// hypervisor implements, so everything here builds and tests without cgo.
 package plugin
 
 import (
@@ -8,34 +11,40 @@ import (
 	"fmt"
 	"strings"
 	"sync"
-	"time"
 
-	"zabbix-agent2-plugin-kvm/haproxy"
-	"zabbix-agent2-plugin-kvm/kvm"
 	"zabbix-agent2-plugin-kvm/plugin/sdk/comms"
 	"zabbix-agent2-plugin-kvm/plugin/sdk/conf"
 	sdk "zabbix-agent2-plugin-kvm/plugin/sdk/plugin"
 )
 
+// AgentCaller is who acts, in the audit log, when the agent runs an action key.
+const AgentCaller = "zabbix-agent"
+
 // Plugin is the KVM plugin instance. One exists per process; the agent configures it once.
 type Plugin struct {
 	sdk.Base
+	open Opener
 
 	mu    sync.RWMutex
 	cfg   *Config
-	conn  *kvm.Conn
-	cache *kvm.Cache
-	inv   *kvm.Inventories
-	hap   *haproxy.Client
-	extra []func() // stop functions of runners started by Start
+	deps  *Deps
+	table map[string]key
+	stops []func() // runners started by Start
 }
 
-// New returns an unconfigured plugin.
-func New() *Plugin { return &Plugin{} }
+var (
+	_ sdk.Exporter     = (*Plugin)(nil)
+	_ sdk.Configurator = (*Plugin)(nil)
+	_ sdk.Runner       = (*Plugin)(nil)
+)
+
+// New returns an unconfigured plugin whose Configure builds its dependencies with open.
+func New(open Opener) *Plugin { return &Plugin{open: open} }
 
 // Register adds the plugin and its keys to the SDK registry; called once at start.
 func Register(p *Plugin) error {
-	return sdk.RegisterMetrics(p, Name, metrics().List()...)
+	ms := declarations()
+	return sdk.RegisterMetrics(p, Name, ms.List()...)
 }
 
 // Validate implements sdk.Configurator: the agent refuses to start when this fails.
@@ -64,36 +73,34 @@ func (p *Plugin) Configure(global *sdk.GlobalOptions, options any) {
 		p.Errf("configuration: %v", err)
 		return
 	}
-	p.Apply(cfg)
+	if err := p.Apply(cfg, AgentCaller); err != nil {
+		p.Errf("configuration: %v", err)
+	}
 }
 
-// Apply installs a parsed configuration (the CLI uses it directly).
-func (p *Plugin) Apply(cfg *Config) {
+// Apply installs a parsed configuration, opening its dependencies for caller (the CLI uses it
+// directly, with its own caller).
+func (p *Plugin) Apply(cfg *Config, caller string) error {
+	if p.open == nil {
+		return errors.New("plugin built without an Opener")
+	}
+	deps, err := p.open(cfg, caller, p.Logger())
+	if err != nil {
+		return err
+	}
+	p.Use(cfg, deps)
+	return nil
+}
+
+// Use installs a configuration with dependencies built elsewhere (tests, the CLI).
+func (p *Plugin) Use(cfg *Config, deps *Deps) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.conn != nil {
-		p.conn.Close()
+	old := p.deps
+	p.cfg, p.deps, p.table = cfg, deps, keys(deps, cfg)
+	p.mu.Unlock()
+	if old != nil && old.Close != nil {
+		old.Close()
 	}
-	p.cfg = cfg
-	p.conn = kvm.NewConn(cfg.URI, cfg.Timeout, kvm.DefaultWorkers)
-	p.cache = kvm.NewCache(p.conn, time.Duration(cfg.CacheSeconds)*time.Second)
-	p.inv = kvm.NewInventories(p.conn, time.Duration(cfg.InventorySeconds)*time.Second)
-	p.hap = nil
-	if cfg.HAProxySocket != "" {
-		// the address was validated with the options; New only fails on what ParseOptions refuses
-		if c, err := haproxy.New(cfg.HAProxySocket, cfg.Timeout); err == nil {
-			p.hap = c
-		} else {
-			p.Errf("haproxy: %v", err)
-		}
-	}
-}
-
-// Conn returns the libvirt connection manager (nil before Configure).
-func (p *Plugin) Conn() *kvm.Conn {
-	p.mu.RLock()
-	defer p.mu.RUnlock()
-	return p.conn
 }
 
 // Config returns the configuration in force, or nil before Configure.
@@ -105,27 +112,30 @@ func (p *Plugin) Config() *Config {
 
 // Start implements sdk.Runner: background work (the haproxy push) starts in the real run only.
 func (p *Plugin) Start() {
-	for _, start := range p.runners() {
-		if stop := start(); stop != nil {
-			p.mu.Lock()
-			p.extra = append(p.extra, stop)
-			p.mu.Unlock()
-		}
+	p.mu.RLock()
+	cfg, deps := p.cfg, p.deps
+	p.mu.RUnlock()
+	if cfg == nil || cfg.PushServer == "" {
+		return
+	}
+	if stop := startPush(cfg, deps, p.Logger()); stop != nil {
+		p.mu.Lock()
+		p.stops = append(p.stops, stop)
+		p.mu.Unlock()
 	}
 }
 
 // Stop implements sdk.Runner.
 func (p *Plugin) Stop() {
 	p.mu.Lock()
-	stops := p.extra
-	p.extra = nil
-	conn := p.conn
+	stops, deps := p.stops, p.deps
+	p.stops, p.deps, p.table = nil, nil, nil
 	p.mu.Unlock()
 	for _, s := range stops {
 		s()
 	}
-	if conn != nil {
-		conn.Close()
+	if deps != nil && deps.Close != nil {
+		deps.Close()
 	}
 }
 
@@ -154,27 +164,34 @@ func (p *Plugin) Export(key string, params []string, cp sdk.ContextProvider) (an
 	return p.ExportContext(ctx, key, params)
 }
 
-// ExportContext is Export with an explicit context (the CLI's `get`).
+// ExportContext is Export with an explicit context (the CLI's `get`). The handler's deadline is the
+// earlier of ctx's and Plugins.KVM.Timeout: a caller that waits longer (7.0's -t gives 60 s) must
+// still get an answer within the plugin's own Timeout.
 func (p *Plugin) ExportContext(ctx context.Context, key string, raw []string) (any, error) {
-	def, ok := keyTable[key]
-	if !ok {
-		return nil, fmt.Errorf("%s: unknown key", key)
-	}
 	name := key
 	if raw != nil {
 		name = key + "[" + strings.Join(raw, ",") + "]"
 	}
-	params, err := def.metric.EvalParams(raw)
+	p.mu.RLock()
+	cfg, table := p.cfg, p.table
+	p.mu.RUnlock()
+	if table == nil {
+		if _, ok := declarations()[key]; !ok {
+			return nil, fmt.Errorf("%s: unknown key", key)
+		}
+		return nil, fmt.Errorf("%s: %w", name, errNotConfigured)
+	}
+	def, ok := table[key]
+	if !ok {
+		return nil, fmt.Errorf("%s: unknown key", key)
+	}
+	params, err := def.decl.EvalParams(raw)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	p.mu.RLock()
-	ready := p.cfg != nil
-	p.mu.RUnlock()
-	if !ready {
-		return nil, fmt.Errorf("%s: %w", name, errNotConfigured)
-	}
-	v, err := def.fn(p, ctx, params)
+	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	defer cancel()
+	v, err := def.handle(ctx, params)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}

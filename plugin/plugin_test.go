@@ -2,13 +2,8 @@ package plugin
 
 import (
 	"context"
-	"encoding/json"
-	"net"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -16,7 +11,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"zabbix-agent2-plugin-kvm/kvm/kvmtest"
 	"zabbix-agent2-plugin-kvm/plugin/sdk/conf"
 )
 
@@ -43,7 +37,7 @@ func TestParseOptions(t *testing.T) {
 			require.Equal(t, 3, c.MaxForcedPerHour)
 			require.Equal(t, "/var/lib/zabbix-agent2-plugin-kvm", c.StateDir)
 		}},
-		{"+everything", opts("System.Path", "/usr/sbin/p", "URI", "test:///default", "Timeout", "9", "CacheSeconds", "0",
+		{"+everything", opts("System.Path", "/usr/sbin/p", "URI", "qemu+ssh://hv-01/system", "Timeout", "9", "CacheSeconds", "0",
 			"Actions.Enable", "1", "Actions.AllowDomains", "web-.*", "Exec.AllowCommands", "uptime, systemctl restart nginx",
 			"GuestNetworks", "10.77.0.0/24,fd00::/64", "HAProxy.Socket", "/run/haproxy/admin.sock",
 			"Push.Server", "127.0.0.1:10051", "Push.Host", "hv-01"), "", func(t *testing.T, c *Config) {
@@ -86,7 +80,7 @@ func TestParseOptions(t *testing.T) {
 }
 
 func TestValidateTakesTheAgentTree(t *testing.T) {
-	p := New()
+	p := New(nil)
 	require.NoError(t, p.Validate(conf.Build(Name, map[string]string{"System.Path": "/x", "URI": "test:///default"})))
 	err := p.Validate(conf.Build(Name, map[string]string{"System.Path": "/x", "Actions.Enable": "yes"}))
 	require.ErrorContains(t, err, "Plugins.KVM.Actions.Enable")
@@ -134,16 +128,6 @@ func TestParseItemKey(t *testing.T) {
 	}
 }
 
-func configured(t *testing.T, uri string, extra ...string) *Plugin {
-	t.Helper()
-	c, err := ParseOptions(opts(append([]string{"URI", uri, "Timeout", "5"}, extra...)...), 3)
-	require.NoError(t, err)
-	p := New()
-	p.Apply(c)
-	t.Cleanup(p.Stop)
-	return p
-}
-
 func get(t *testing.T, p *Plugin, key string, params ...string) (string, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -155,154 +139,20 @@ func get(t *testing.T, p *Plugin, key string, params ...string) (string, error) 
 	return v.(string), nil
 }
 
-func TestKeysOnTestDriver(t *testing.T) {
-	p := configured(t, "test:///default")
-	cases := []struct {
-		key    string
-		params []string
-		want   string // exact value, or a substring for JSON
-		err    string
-	}{
-		{"kvm.hypervisor.ping", nil, "1", ""},
-		{"kvm.domain.state", []string{"test"}, "running", ""},
-		{"kvm.domain.state", []string{"nope"}, "", `kvm.domain.state[nope]: no such domain: "nope"`},
-		{"kvm.domain.state", nil, "", "kvm.domain.state: missing parameter Domain"},
-		{"kvm.domain.state", []string{""}, "", "missing parameter Domain"},
-		{"kvm.domain.state", []string{"a/b"}, "", `invalid parameter Domain "a/b"`},
-		{"kvm.domain.state", []string{"a", "b"}, "", "too many parameters: got 2, the key takes at most 1"},
-		{"kvm.domain.get", []string{"test"}, `"state":"running"`, ""},
-		{"kvm.domain.disk.discovery", []string{"test"}, "[]", ""},
-		{"kvm.domain.net.discovery", []string{"test"}, "[]", ""},
-		{"kvm.domain.tcp", []string{"test", "80"}, "", "guest checks are off"},
-		{"kvm.domain.tcp", []string{"test", "0"}, "", `invalid parameter Port "0"`},
-		{"kvm.domain.http", []string{"test", "80", "no-slash"}, "", `invalid parameter Path "no-slash"`},
-		{"kvm.domain.agent.ping", []string{"nope"}, "", "no such domain"},
-		{"kvm.nope", nil, "", "kvm.nope: unknown key"},
-	}
-	for _, c := range cases {
-		v, err := get(t, p, c.key, c.params...)
-		if c.err != "" {
-			require.ErrorContains(t, err, c.err, c.key)
-			continue
-		}
-		require.NoError(t, err, c.key)
-		require.Contains(t, v, c.want, c.key)
-	}
-	var hv map[string]any
-	v, err := get(t, p, "kvm.hypervisor.get")
-	require.NoError(t, err)
-	require.NoError(t, json.Unmarshal([]byte(v), &hv))
-	require.Equal(t, "TEST", hv["hypervisor_type"])
-	require.Equal(t, "test:///default", hv["uri"])
-	require.Greater(t, hv["cpus"], float64(0))
-}
-
-func TestUnreachableLibvirt(t *testing.T) {
-	p := configured(t, "qemu:///system?socket=/nonexistent/sock")
-	v, err := get(t, p, "kvm.hypervisor.ping")
-	require.NoError(t, err, "ping is never an error")
-	require.Equal(t, "0", v)
-	_, err = get(t, p, "kvm.domain.state", "web-07")
-	require.ErrorContains(t, err, "kvm.domain.state[web-07]: libvirt domain statistics")
-	require.ErrorContains(t, err, "/nonexistent/sock")
-}
-
 func TestNotConfigured(t *testing.T) {
-	_, err := New().ExportContext(context.Background(), "kvm.hypervisor.ping", nil)
-	require.ErrorContains(t, err, "not configured")
+	_, err := New(nil).ExportContext(context.Background(), "kvm.hypervisor.ping", nil)
+	require.EqualError(t, err, "kvm.hypervisor.ping: plugin is not configured yet")
+	_, err = New(nil).ExportContext(context.Background(), "kvm.nope", nil)
+	require.EqualError(t, err, "kvm.nope: unknown key")
 }
 
-// Discovery lists domains in every state with title and the configured private address; the
-// guest checks reach a server the test runs on that (loopback) address.
-func TestDiscoveryAndGuestChecks(t *testing.T) {
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok")) }))
-	defer srv.Close()
-	_, portS, _ := net.SplitHostPort(srv.Listener.Addr().String())
-	doms := []kvmtest.Domain{{Name: "web-01", Title: "Web", IP: "127.0.0.1"}, {Name: "web-02", IP: "127.0.0.1", Shutoff: true},
-		{Name: "db-01", IP: "10.9.9.9"}, {Name: "paused-1", Paused: true}}
-	p := configured(t, kvmtest.NodeURI(t, doms), "GuestNetworks", "127.0.0.0/8")
-	v, err := get(t, p, "kvm.domain.discovery")
-	require.NoError(t, err)
-	var rows []map[string]string
-	require.NoError(t, json.Unmarshal([]byte(v), &rows))
-	require.Len(t, rows, 4)
-	byName := map[string]map[string]string{}
-	for _, r := range rows {
-		byName[r["{#KVM.DOMAIN.NAME}"]] = r
-	}
-	require.Equal(t, "running", byName["web-01"]["{#KVM.DOMAIN.STATE}"])
-	require.Equal(t, "Web", byName["web-01"]["{#KVM.DOMAIN.TITLE}"])
-	require.Equal(t, "127.0.0.1", byName["web-01"]["{#KVM.DOMAIN.IP}"])
-	require.Equal(t, "shutoff", byName["web-02"]["{#KVM.DOMAIN.STATE}"])
-	require.Equal(t, "paused", byName["paused-1"]["{#KVM.DOMAIN.STATE}"])
-
-	v, err = get(t, p, "kvm.domain.tcp", "web-01", portS)
-	require.NoError(t, err)
-	require.Equal(t, "1", v)
-	v, err = get(t, p, "kvm.domain.http", "web-01", portS, "/")
-	require.NoError(t, err)
-	var hr struct {
-		Status int     `json:"status"`
-		TimeMs float64 `json:"time_ms"`
-	}
-	require.NoError(t, json.Unmarshal([]byte(v), &hr))
-	require.Equal(t, 200, hr.Status)
-	port, _ := strconv.Atoi(portS)
-	srv.Close()
-	v, err = get(t, p, "kvm.domain.tcp", "web-01", strconv.Itoa(port))
-	require.NoError(t, err)
-	require.Equal(t, "0", v)
-	// an address outside GuestNetworks is never connected to
-	_, err = get(t, p, "kvm.domain.tcp", "db-01", "80")
-	require.ErrorContains(t, err, "address 10.9.9.9 is outside Plugins.KVM.GuestNetworks")
-}
-
-// zabbix_agent2 panics at start on a description that does not start with a capital letter
-// (seen on 6.0.14: "cannot register metric … without capital first letter"), and its registry also
-// wants a final period; the key names must be valid item keys.
 func TestKeyDeclarations(t *testing.T) {
 	keyRe := regexp.MustCompile(`^[a-z0-9_.]+$`)
-	for k, d := range keyTable {
+	for k, d := range declarations() {
 		require.Regexp(t, keyRe, k)
-		desc := d.metric.Description
+		desc := d.Description
 		require.NotEmpty(t, desc, k)
 		require.True(t, unicode.IsUpper(rune(desc[0])), "%s: description must start with a capital letter: %q", k, desc)
 		require.True(t, strings.HasSuffix(desc, "."), "%s: description must end with a period: %q", k, desc)
 	}
-}
-
-// Every read-only kvm.* key on a 1,000-domain hypervisor (libvirt's test driver), from one
-// collection: discovery lists them all in any state, and each per-domain key answers for each.
-func TestKeysOn1000Domains(t *testing.T) {
-	doms := kvmtest.Domains(1000)
-	p := configured(t, kvmtest.NodeURI(t, doms), "CacheSeconds", "3600")
-	v, err := get(t, p, "kvm.domain.discovery")
-	require.NoError(t, err)
-	var rows []map[string]string
-	require.NoError(t, json.Unmarshal([]byte(v), &rows))
-	require.Len(t, rows, 1000)
-	shutoff := 0
-	for _, r := range rows {
-		if r["{#KVM.DOMAIN.STATE}"] == "shutoff" {
-			shutoff++
-		}
-	}
-	require.Equal(t, 100, shutoff)
-	for _, d := range doms {
-		want := "running"
-		if d.Shutoff {
-			want = "shutoff"
-		}
-		v, err := get(t, p, "kvm.domain.state", d.Name)
-		require.NoError(t, err)
-		require.Equal(t, want, v, d.Name)
-		for _, k := range []string{"kvm.domain.get", "kvm.domain.disk.discovery", "kvm.domain.net.discovery"} {
-			_, err := get(t, p, k, d.Name)
-			require.NoError(t, err, k, d.Name)
-		}
-	}
-	v, err = get(t, p, "kvm.hypervisor.get")
-	require.NoError(t, err)
-	require.Contains(t, v, `"domains":{"crashed":0,"other":0,"paused":0,"running":900,"shutoff":100,"total":1000}`)
-	require.EqualValues(t, 2, p.cache.Calls(), "one collection served every key")
 }

@@ -2,6 +2,8 @@ package plugin
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -9,86 +11,113 @@ import (
 	"zabbix-agent2-plugin-kvm/sender"
 )
 
-// runners lists background jobs for Start; each starts its job and returns its stop function.
-func (p *Plugin) runners() []func() func() {
-	cfg := p.Config()
-	if cfg == nil || cfg.PushServer == "" {
-		return nil
-	}
-	return []func() func(){p.startPush}
-}
+// Trapper items the templates define for pushed values.
+const (
+	pushKeyServer = "haproxy.server.status.push" // hypervisor host: haproxy.server.status.push[<backend>,<server>]
+	pushKeyDomain = "kvm.domain.pool.push"       // guest host (named after the domain's UUID)
+)
 
 // pushAttempts bounds the retries of one change; a newer change of the same server replaces it.
 const pushAttempts = 6
 
-// pusher sends haproxy state changes to Zabbix. A send that fails (the server busy, a trapper
+// Sender sends values to a Zabbix trapper (sender.Client); tests may put a stand-in here.
+type Sender interface {
+	Send(ctx context.Context, items ...sender.Item) (sender.Result, error)
+}
+
+// pusher sends haproxy pool-state changes to Zabbix. A send that fails (the server busy, a trapper
 // timeout) is retried with backoff in the background, because the watcher reports each change once:
 // a lost DOWN→UP would keep the guest's problem open and let the ladder restart a healthy guest.
 type pusher struct {
-	p      *Plugin
-	cfg    *Config
-	snd    *sender.Client
-	hv     *haproxy.Pusher
-	mu     sync.Mutex
-	seq    map[string]uint64 // latest change per backend/server
-	stop   chan struct{}
-	wg     sync.WaitGroup
+	cfg   *Config
+	deps  *Deps
+	snd   Sender
+	log   Logger
+	retry time.Duration // first backoff
+
+	mu      sync.Mutex
+	seq     map[string]uint64 // latest change per backend/server
+	stop    chan struct{}
+	sending sync.WaitGroup
+
 	errMu  sync.Mutex
 	errLog time.Time
 }
 
-// startPush watches haproxy's server states and sends each change to Zabbix trapper items at once
-// (haproxy.server.status.push[<backend>,<server>] on the hypervisor's host, kvm.domain.pool.push on
-// the guest's host), so "out of the pool" opens without waiting for the next poll. Polling keeps
-// working without it.
-func (p *Plugin) startPush() func() {
-	cfg := p.Config()
-	hap, err := p.haproxyClient()
-	if err != nil {
-		p.Errf("haproxy push: %v", err)
+// startPush watches haproxy's server states and sends each change to Zabbix trapper items at once,
+// so "out of the pool" opens without waiting for the next poll; polling keeps working without it.
+// It returns the stop function, or nil when the push cannot run (logged).
+func startPush(cfg *Config, deps *Deps, log Logger) func() {
+	if deps == nil || deps.HAProxy == nil {
+		log.Errf("haproxy push: %v", errNoHAProxy)
 		return nil
 	}
 	snd, err := sender.New(cfg.PushServer, cfg.Timeout)
 	if err != nil {
-		p.Errf("haproxy push: %v", err)
+		log.Errf("haproxy push: %v", err)
 		return nil
 	}
-	ps := &pusher{p: p, cfg: cfg, snd: snd, hv: &haproxy.Pusher{Sender: snd, Host: cfg.PushHost},
-		seq: map[string]uint64{}, stop: make(chan struct{})}
-	w := &haproxy.Watcher{Client: hap, Interval: cfg.PushInterval, OnChange: ps.change, OnError: ps.pollError}
+	ps := newPusher(cfg, deps, snd, log)
+	w := &haproxy.Watcher{Source: deps.HAProxy, Interval: cfg.PushInterval, OnChange: ps.change, OnError: ps.pollError}
 	if err := w.Start(context.Background()); err != nil {
-		p.Errf("haproxy push: %v", err)
+		log.Errf("haproxy push: %v", err)
 		return nil
 	}
-	p.Infof("haproxy push: watching %s every %s, sending to %s as host %s", cfg.HAProxySocket, cfg.PushInterval, cfg.PushServer, cfg.PushHost)
+	log.Infof("haproxy push: watching %s every %s, sending to %s as host %s", cfg.HAProxySocket, cfg.PushInterval, cfg.PushServer, cfg.PushHost)
 	return func() {
 		w.Stop()
-		close(ps.stop)
-		ps.wg.Wait()
+		ps.close()
 	}
 }
 
-// change runs on the watcher's goroutine: it resolves the guest and hands the send to a goroutine,
-// so a slow Zabbix never delays the next haproxy poll.
+func newPusher(cfg *Config, deps *Deps, snd Sender, log Logger) *pusher {
+	return &pusher{cfg: cfg, deps: deps, snd: snd, log: log, retry: 500 * time.Millisecond,
+		seq: map[string]uint64{}, stop: make(chan struct{})}
+}
+
+// close stops retries and waits for sends in flight.
+func (ps *pusher) close() {
+	close(ps.stop)
+	ps.sending.Wait()
+}
+
+// items turns one change into sender values: the new pool state to the hypervisor's host, and, when
+// the server belongs to a guest of this hypervisor, to the guest's host (its UUID).
+func (ps *pusher) items(ctx context.Context, c haproxy.Change) []sender.Item {
+	var clock, ns int64
+	if !c.Time.IsZero() {
+		clock, ns = c.Time.Unix(), int64(c.Time.Nanosecond())
+	}
+	items := []sender.Item{{
+		Host: ps.cfg.PushHost, Key: fmt.Sprintf("%s[%s,%s]", pushKeyServer, keyParam(c.Backend), keyParam(c.Server)),
+		Value: c.New, Clock: clock, NS: ns,
+	}}
+	if r, ok := serverOwner(ctx, ps.deps.Stats, ps.deps.Inventory)(c.Server, haproxy.AddrIP(c.Addr)); ok && r.UUID != "" {
+		items = append(items, sender.Item{Host: r.UUID, Key: pushKeyDomain, Value: c.New, Clock: clock, NS: ns})
+	}
+	return items
+}
+
+// change runs on the watcher's goroutine: it resolves the guest (bounded by Timeout) and hands the
+// send to a goroutine, so a slow Zabbix never delays the next haproxy poll.
 func (ps *pusher) change(c haproxy.Change) {
 	ctx, cancel := context.WithTimeout(context.Background(), ps.cfg.Timeout)
-	ps.hv.DomainOf = ps.p.domainOf(ctx)
-	items := ps.hv.Items(c)
+	items := ps.items(ctx, c)
 	cancel()
 	key := c.Backend + "/" + c.Server
 	ps.mu.Lock()
 	ps.seq[key]++
 	mine := ps.seq[key]
 	ps.mu.Unlock()
-	ps.wg.Add(1)
+	ps.sending.Add(1)
 	go func() {
-		defer ps.wg.Done()
+		defer ps.sending.Done()
 		ps.send(c, key, mine, items)
 	}()
 }
 
 func (ps *pusher) send(c haproxy.Change, key string, mine uint64, items []sender.Item) {
-	backoff := 500 * time.Millisecond
+	backoff := ps.retry
 	for attempt := 1; ; attempt++ {
 		ps.mu.Lock()
 		superseded := ps.seq[key] != mine
@@ -100,20 +129,20 @@ func (ps *pusher) send(c haproxy.Change, key string, mine uint64, items []sender
 		res, err := ps.snd.Send(ctx, items...)
 		cancel()
 		if err == nil {
-			ps.p.Debugf("haproxy push %s %s→%s: %s", key, c.Old, c.New, res.Info)
+			ps.log.Debugf("haproxy push %s %s→%s: %s", key, c.Old, c.New, res.Info)
 			return
 		}
 		if res.Response != "" {
 			// the server answered and refused some values (an item or host it does not know):
 			// sending them again changes nothing
-			ps.p.Warningf("haproxy push %s %s→%s: %v", key, c.Old, c.New, err)
+			ps.log.Warningf("haproxy push %s %s→%s: %v", key, c.Old, c.New, err)
 			return
 		}
 		if attempt == pushAttempts {
-			ps.p.Warningf("haproxy push %s %s→%s: giving up after %d attempts: %v", key, c.Old, c.New, attempt, err)
+			ps.log.Warningf("haproxy push %s %s→%s: giving up after %d attempts: %v", key, c.Old, c.New, attempt, err)
 			return
 		}
-		ps.p.Debugf("haproxy push %s %s→%s: attempt %d: %v", key, c.Old, c.New, attempt, err)
+		ps.log.Debugf("haproxy push %s %s→%s: attempt %d: %v", key, c.Old, c.New, attempt, err)
 		select {
 		case <-ps.stop:
 			return
@@ -129,6 +158,15 @@ func (ps *pusher) pollError(err error) {
 	defer ps.errMu.Unlock()
 	if time.Since(ps.errLog) > time.Minute {
 		ps.errLog = time.Now()
-		ps.p.Warningf("haproxy push: %v", err)
+		ps.log.Warningf("haproxy push: %v", err)
 	}
+}
+
+// keyParam quotes a Zabbix item key parameter when its characters require it (comma, bracket,
+// quote, leading space), the way Zabbix itself quotes LLD macro values in keys.
+func keyParam(s string) string {
+	if s != "" && !strings.ContainsAny(s, ",]\"[") && s[0] != ' ' {
+		return s
+	}
+	return `"` + strings.ReplaceAll(s, `"`, `\"`) + `"`
 }

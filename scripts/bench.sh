@@ -9,21 +9,21 @@ out=bench-results/$(date +%Y%m%d-%H%M%S).txt
 exec > >(tee "$out") 2>&1
 
 if [ "${1:-}" = e2e ]; then
-  go test -run '^$' -bench 'MTTR' -benchtime 3x -timeout 60m -v ./tests/e2e/
+  go test -tags integration -run '^$' -bench 'MTTR' -benchtime 3x -timeout 60m -v ./tests/e2e/
   exit 0
 fi
 
 echo "== in-process Go benchmarks"
-go test -run '^$' -bench . -benchmem -benchtime 2s ./plugin/ ./kvm/... ./haproxy/... ./sender/... 2>&1 | grep -E '^(Benchmark|ok|FAIL|---)' || true
+go test -run '^$' -bench . -benchmem -benchtime 2s ./hypervisor/ ./kvm/... ./haproxy/... ./sender/... 2>&1 | grep -E '^(Benchmark|ok|FAIL|---)'
 
 echo "== 1,000 passive checks through zabbix_agent2 7.0: plugin vs UserParameter running virsh"
-go test -run '^$' -bench 'Passive1000' -benchtime 1x -timeout 10m ./tests/bench/ | grep -vE '^(goos|goarch|pkg|cpu|PASS)'
+go test -tags integration -run '^$' -bench 'Passive1000' -benchtime 1x -timeout 10m ./tests/bench/ | grep -vE '^(goos|goarch|pkg|cpu|PASS)'
 
-echo "== plugin RSS through zabbix_agent2 7.0"
-go test -run '^$' -bench 'PluginRSS' -benchtime 1x -timeout 10m ./tests/bench/ | grep -E 'RSS'
+echo "== plugin peak RSS (VmHWM) through zabbix_agent2 7.0"
+go test -tags integration -run '^$' -bench 'PluginRSS' -benchtime 1x -timeout 10m ./tests/bench/ | grep -E "RSS|HWM"
 
 echo "== actions on real QEMU guests (reset to HTTP, recover to health per ladder exit)"
-go test -run '^$' -bench . -benchtime 1x -timeout 40m ./actions/labtest/ | grep -vE '^(goos|goarch|pkg|cpu|PASS)'
+go test -tags integration -run '^$' -bench . -benchtime 1x -timeout 40m ./actions/labtest/ | grep -vE '^(goos|goarch|pkg|cpu|PASS)'
 
 for extra in haproxy/bench.sh; do
   [ -x "$extra" ] || continue

@@ -1,3 +1,5 @@
+//go:build integration
+
 // Package labtest runs the actions package against real libvirtd + QEMU (TCG) guests of tests/lab,
 // inside the network namespace lab.Main creates. It holds tests and benchmarks only.
 package labtest

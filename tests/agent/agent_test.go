@@ -1,3 +1,5 @@
+//go:build integration
+
 // Package agent runs the plugin under real zabbix_agent2 binaries, 6.0.14 and 7.0.x, on the libvirt
 // test driver: registration, -t, -p, -R metrics, passive checks over TCP, errors, bad options and a
 // panicking handler.

@@ -1,3 +1,5 @@
+//go:build integration
+
 // Package bench compares the plugin with the obvious alternative through a real zabbix_agent2:
 // a UserParameter that runs virsh. Run it with scripts/bench.sh (make bench), not as a test.
 package bench

@@ -1,3 +1,5 @@
+//go:build integration
+
 // Package e2e is the seed scenario end to end (issue 6): real QEMU guests on libvirtd inside the
 // test's network namespace, a real haproxy health-checking them, a real Zabbix 7.0 server with its
 // API and an SMTP sink, and a real zabbix_agent2 7.0 running the plugin. Zabbix is provisioned with
@@ -22,7 +24,7 @@ import (
 	"zabbix-agent2-plugin-kvm/conf/templates"
 	"zabbix-agent2-plugin-kvm/conf/zabbix"
 	"zabbix-agent2-plugin-kvm/haproxy"
-	"zabbix-agent2-plugin-kvm/kvm"
+	"zabbix-agent2-plugin-kvm/kvm/guest"
 	"zabbix-agent2-plugin-kvm/tests/harness"
 	"zabbix-agent2-plugin-kvm/tests/lab"
 	"zabbix-agent2-plugin-kvm/tests/zbx"
@@ -161,7 +163,7 @@ func startEnv(t testing.TB, specs []guestSpec) *env {
 		o.Start = false
 		g := e.lab.Guest(t, s.name, o)
 		if s.metadataIP {
-			if out, err := e.lab.Virsh("metadata", g.Name(), "--config", "--uri", kvm.MetadataNS, "--key", "kvm",
+			if out, err := e.lab.Virsh("metadata", g.Name(), "--config", "--uri", guest.MetadataNS, "--key", "kvm",
 				"--set", fmt.Sprintf("<guest><ip>%s</ip></guest>", g.IP())); err != nil {
 				t.Fatalf("metadata of %s: %v %s", g.Name(), err, out)
 			}

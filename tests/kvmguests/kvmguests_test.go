@@ -1,3 +1,5 @@
+//go:build integration
+
 // Package kvmguests runs the read-only kvm.* keys against libvirtd and real QEMU (TCG) guests inside
 // a network namespace the test creates (tests/lab): discovery of running and shut-off guests with
 // their addresses, guest-agent and network checks, a hung QEMU, a dead httpd, a libvirtd restart,
@@ -16,7 +18,9 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"zabbix-agent2-plugin-kvm/kvm"
+	"zabbix-agent2-plugin-kvm/guestnet"
+	"zabbix-agent2-plugin-kvm/hypervisor"
+	"zabbix-agent2-plugin-kvm/kvm/guest"
 	"zabbix-agent2-plugin-kvm/plugin"
 	"zabbix-agent2-plugin-kvm/plugin/sdk/conf"
 	"zabbix-agent2-plugin-kvm/tests/harness"
@@ -33,8 +37,8 @@ func newPlugin(t *testing.T, uri, cacheSeconds string) *plugin.Plugin {
 	}
 	cfg, err := plugin.ParseOptions(o, 3)
 	require.NoError(t, err)
-	p := plugin.New()
-	p.Apply(cfg)
+	p := plugin.New(hypervisor.Open)
+	require.NoError(t, p.Apply(cfg, plugin.AgentCaller))
 	t.Cleanup(p.Stop)
 	return p
 }
@@ -61,7 +65,7 @@ func mustGet(t *testing.T, p *plugin.Plugin, key string, params ...string) strin
 // the address source that works while a guest is shut off.
 func setMetadataIP(t *testing.T, l *lab.Lab, domain, ip string) {
 	t.Helper()
-	out, err := l.Virsh("metadata", domain, "--config", "--uri", kvm.MetadataNS, "--key", "kvm",
+	out, err := l.Virsh("metadata", domain, "--config", "--uri", guest.MetadataNS, "--key", "kvm",
 		"--set", fmt.Sprintf("<guest><ip>%s</ip></guest>", ip))
 	require.NoError(t, err, out)
 }
@@ -109,7 +113,7 @@ func TestGuestsEndToEnd(t *testing.T) {
 	require.Equal(t, off.IP(), by["kvmt-off"]["{#KVM.DOMAIN.IP}"])
 
 	// statistics from real QEMU: counters present and moving
-	var d kvm.Domain
+	var d guest.Domain
 	require.NoError(t, json.Unmarshal([]byte(mustGet(t, p, "kvm.domain.get", g1.Name())), &d))
 	require.Equal(t, "running", d.State)
 	require.Equal(t, "booted", d.Reason)
@@ -126,19 +130,19 @@ func TestGuestsEndToEnd(t *testing.T) {
 
 	// guest-side checks without an agent of Zabbix in the guest
 	require.Equal(t, "1", mustGet(t, p, "kvm.domain.agent.ping", g1.Name()))
-	var info kvm.AgentInfo
+	var info guest.AgentInfo
 	require.NoError(t, json.Unmarshal([]byte(mustGet(t, p, "kvm.domain.agent.get", g1.Name())), &info))
 	require.NotEmpty(t, info.OS)
 	require.Contains(t, string(info.Interfaces), g1.IP())
 	require.Equal(t, "1", mustGet(t, p, "kvm.domain.tcp", g1.Name(), "80"))
-	var hr kvm.HTTPResult
+	var hr guestnet.HTTPResult
 	require.NoError(t, json.Unmarshal([]byte(mustGet(t, p, "kvm.domain.http", g1.Name(), "80", "/")), &hr))
 	require.Equal(t, 200, hr.Status)
 	require.Equal(t, "0", mustGet(t, p, "kvm.domain.tcp", off.Name(), "80"))
 
 	t.Run("httpd killed", func(t *testing.T) {
 		g2.KillHTTPD(t)
-		var hr kvm.HTTPResult
+		var hr guestnet.HTTPResult
 		require.NoError(t, json.Unmarshal([]byte(mustGet(t, p, "kvm.domain.http", g2.Name(), "80", "/")), &hr))
 		require.Equal(t, 0, hr.Status)
 		require.NotEmpty(t, hr.Error)
@@ -166,11 +170,11 @@ func TestGuestsEndToEnd(t *testing.T) {
 		}
 		require.Equal(t, "running", timed("kvm.domain.state", g2.Name()))
 		require.Equal(t, "running", timed("kvm.domain.state", g1.Name()), "libvirt still says running")
-		var d kvm.Domain
+		var d guest.Domain
 		require.NoError(t, json.Unmarshal([]byte(timed("kvm.domain.get", g2.Name())), &d))
 		require.Greater(t, d.CPU.TimeNs, uint64(0), "the other guest's counters are there (current or from the previous collection)")
 		require.Equal(t, "1", mustGet(t, p, "kvm.domain.agent.ping", g2.Name()))
-		var hr kvm.HTTPResult
+		var hr guestnet.HTTPResult
 		require.NoError(t, json.Unmarshal([]byte(mustGet(t, p, "kvm.domain.http", g1.Name(), "80", "/")), &hr))
 		require.Equal(t, 0, hr.Status)
 	})
@@ -216,7 +220,7 @@ func TestCaptureDomstats(t *testing.T) {
 	out, err := exec.CommandContext(ctx, "virsh", "-c", l.URI(), "domstats", "--state", "--cpu-total", "--balloon",
 		"--vcpu", "--interface", "--block", "--nowait", g.Name()).Output()
 	require.NoError(t, err)
-	recs, err := kvm.ParseDomstats(strings.NewReader(string(out)))
+	recs, err := guest.ParseDomstats(strings.NewReader(string(out)))
 	require.NoError(t, err)
 	require.Len(t, recs, 1)
 	d := recs[0].Domain()

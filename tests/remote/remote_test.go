@@ -1,3 +1,5 @@
+//go:build integration
+
 // Package remote proves the documented way Zabbix calls actions: a remote command reaches a real
 // zabbix_agent2 as system.run[<command>,nowait|wait]; AllowKey/DenyKey let only the plugin binary
 // run, and hostile names never make the shell run anything else.

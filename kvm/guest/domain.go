@@ -1,14 +1,19 @@
-package kvm
+// Package guest holds what the hypervisor knows about its guests as plain data, without libvirt:
+// bulk statistics records and the snapshots that share them, the kvm.domain.get view, state and
+// reason names, the inventory read from domain XML, guest-agent facts and host facts. Package kvm
+// fills these from libvirt; everything that only reads them (the plugin's keys, the CLI, tests)
+// needs no cgo.
+package guest
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"sort"
 	"strconv"
 	"strings"
-
-	"libvirt.org/go/libvirt"
+	"time"
 )
 
 // Domain is the value of kvm.domain.get: one domain's state and counters from one bulk record.
@@ -78,6 +83,52 @@ type Interface struct {
 	TxDrop  uint64 `json:"tx_drop"`
 }
 
+// Record is one domain's statistics as flat "group.field" → value pairs, the same names and text
+// `virsh domstats` prints (state.state=1, net.0.rx.bytes=…), so captured virsh output and live
+// records go through the same parser.
+type Record struct {
+	Name   string
+	UUID   string
+	Params map[string]string
+	Stale  string // why the monitor groups (cpu, balloon, vcpu, block) are from an earlier collection
+}
+
+// Snapshot is the result of one collection, shared read-only by every key until it expires.
+type Snapshot struct {
+	Taken   time.Time
+	Records []Record // sorted by name
+	byName  map[string]int
+	byUUID  map[string]int
+}
+
+// NewSnapshot sorts recs by name and indexes them by name and UUID.
+func NewSnapshot(recs []Record, at time.Time) *Snapshot {
+	SortRecords(recs)
+	s := &Snapshot{Taken: at, Records: recs, byName: make(map[string]int, len(recs)), byUUID: make(map[string]int, len(recs))}
+	for i := range recs {
+		s.byName[recs[i].Name] = i
+		if recs[i].UUID != "" {
+			s.byUUID[strings.ToLower(recs[i].UUID)] = i
+		}
+	}
+	return s
+}
+
+// Lookup finds a domain's record by name, or by UUID (a Zabbix guest host is named after its
+// domain's UUID, so every key and verb accepts either).
+func (s *Snapshot) Lookup(nameOrUUID string) (*Record, error) {
+	if i, ok := s.byName[nameOrUUID]; ok {
+		return &s.Records[i], nil
+	}
+	if i, ok := s.byUUID[strings.ToLower(nameOrUUID)]; ok {
+		return &s.Records[i], nil
+	}
+	return nil, fmt.Errorf("%w: %q", ErrNoDomain, nameOrUUID)
+}
+
+// ErrNoDomain is returned when a domain name or UUID is not known to libvirt.
+var ErrNoDomain = errors.New("no such domain")
+
 func (r *Record) u64(key string) uint64 {
 	v, err := strconv.ParseUint(r.Params[key], 10, 64)
 	if err != nil {
@@ -86,17 +137,17 @@ func (r *Record) u64(key string) uint64 {
 	return v
 }
 
-// StateCode returns the libvirt state and reason of the record.
-func (r *Record) StateCode() (libvirt.DomainState, int) {
-	return libvirt.DomainState(r.u64("state.state")), int(r.u64("state.reason"))
+// Status returns the libvirt state and reason of the record.
+func (r *Record) Status() Status {
+	return Status{State: State(r.u64("state.state")), Reason: int(r.u64("state.reason"))}
 }
 
 // Domain builds the kvm.domain.get view of the record.
 func (r *Record) Domain() Domain {
-	st, reason := r.StateCode()
+	st := r.Status()
 	d := Domain{
 		Name: r.Name, UUID: r.UUID,
-		State: StateName(st), StateCode: int(st), Reason: ReasonName(st, reason),
+		State: st.State.String(), StateCode: int(st.State), Reason: ReasonName(st.State, st.Reason),
 		CPU:   CPU{TimeNs: r.u64("cpu.time"), UserNs: r.u64("cpu.user"), SystemNs: r.u64("cpu.system")},
 		VCPUs: VCPUs{Current: r.u64("vcpu.current"), Maximum: r.u64("vcpu.maximum")},
 		Memory: Memory{
@@ -161,8 +212,7 @@ func ParseDomstats(r io.Reader) ([]Record, error) {
 func Counts(recs []Record) map[string]int {
 	c := map[string]int{"total": len(recs), "running": 0, "paused": 0, "shutoff": 0, "crashed": 0, "other": 0}
 	for i := range recs {
-		st, _ := recs[i].StateCode()
-		switch name := StateName(st); name {
+		switch name := recs[i].Status().State.String(); name {
 		case "running", "paused", "shutoff", "crashed":
 			c[name]++
 		default:

@@ -1,4 +1,7 @@
-package kvm
+// Package guestnet checks guests over their private network from the hypervisor: a TCP connect and
+// an HTTP GET, each bounded by the caller's deadline. Which addresses may be dialled is the caller's
+// policy (Plugins.KVM.GuestNetworks); this package dials what it is given.
+package guestnet
 
 import (
 	"context"

@@ -1,9 +1,10 @@
-package plugin
+//go:build integration
+
+package hypervisor
 
 import (
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,8 +14,10 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"zabbix-agent2-plugin-kvm/kvm/kvmtest"
+	"zabbix-agent2-plugin-kvm/plugin"
 	"zabbix-agent2-plugin-kvm/plugin/sdk/conf"
 	"zabbix-agent2-plugin-kvm/sender"
+	"zabbix-agent2-plugin-kvm/sender/sendertest"
 	"zabbix-agent2-plugin-kvm/tests/harness"
 )
 
@@ -42,17 +45,18 @@ backend web
 `, sock, harness.FreePort(t, 18000, 18999), named.Addr(), byIP.Addr())
 	})
 	uri := kvmtest.NodeURI(t, []kvmtest.Domain{{Name: "vm-named", IP: "127.0.0.9"}, {Name: "ip-guest", IP: "127.0.0.1"}})
-	trap, frames := trapper(t)
+	trap := sendertest.Start(t, sendertest.Options{})
+	frames := trap.Requests()
 	dir := t.TempDir()
-	c, err := ParseOptions(map[string]conf.Value{
+	c, err := plugin.ParseOptions(map[string]conf.Value{
 		"URI": {Value: uri}, "Timeout": {Value: "3"}, "HAProxy.Socket": {Value: h.Sock},
 		"Actions.Enable": {Value: "1"}, "Actions.AllowDomains": {Value: ".*"},
 		"StateDir": {Value: dir + "/state"}, "AuditLog": {Value: dir + "/audit.log"},
-		"Push.Server": {Value: trap}, "Push.Host": {Value: "hv-01"},
+		"Push.Server": {Value: trap.Addr}, "Push.Host": {Value: "hv-01"},
 	}, 3)
 	require.NoError(t, err)
-	p := New()
-	p.Apply(c)
+	p := plugin.New(Open)
+	require.NoError(t, p.Apply(c, plugin.AgentCaller))
 	p.Start()
 	t.Cleanup(p.Stop)
 
@@ -82,6 +86,17 @@ backend web
 	require.NoError(t, err)
 	require.Contains(t, info, fmt.Sprintf(`"Pid":"%d"`, h.PID()))
 
+	// keys read one shared snapshot per CacheSeconds: wait for the one that shows a change
+	awaitStatus := func(server, field, want string) {
+		harness.WaitFor(t, 10*time.Second, 100*time.Millisecond, server+" "+field+" "+want, func() (bool, error) {
+			v, err := get(t, p, "haproxy.server.status", "web", server)
+			var m map[string]any
+			if err == nil {
+				err = json.Unmarshal([]byte(v), &m)
+			}
+			return err == nil && m[field] == want, fmt.Errorf("%s %v", v, err)
+		})
+	}
 	status := func(server string) map[string]any {
 		v, err := get(t, p, "haproxy.server.status", "web", server)
 		require.NoError(t, err)
@@ -96,8 +111,8 @@ backend web
 	// a backend dies: haproxy marks it DOWN and the push reaches the trapper within about a second
 	named.Stop()
 	got := awaitPush(t, frames, "vm-named", "DOWN")
-	require.ElementsMatch(t, []string{"hv-01/haproxy.server.status.push[web,vm-named]", "vm-named/kvm.domain.pool.push"}, got)
-	require.Equal(t, "DOWN", status("vm-named")["status"])
+	require.ElementsMatch(t, []string{"hv-01/haproxy.server.status.push[web,vm-named]", "00000000-0000-4000-8000-000000000000/kvm.domain.pool.push"}, got)
+	awaitStatus("vm-named", "status", "DOWN")
 	named.Start()
 	awaitPush(t, frames, "vm-named", "UP")
 
@@ -105,10 +120,10 @@ backend web
 	v, err = get(t, p, "haproxy.server.set", "web", "srv-2", "drain")
 	require.NoError(t, err)
 	require.Equal(t, "1", v)
-	require.Equal(t, "drain", status("srv-2")["admin_state"])
+	awaitStatus("srv-2", "admin_state", "drain")
 	_, err = get(t, p, "haproxy.server.set", "web", "srv-2", "ready")
 	require.NoError(t, err)
-	require.Equal(t, "ready", status("srv-2")["admin_state"])
+	awaitStatus("srv-2", "admin_state", "ready")
 	_, err = get(t, p, "haproxy.server.set", "web", "srv-2", "off")
 	require.ErrorContains(t, err, `invalid parameter State "off": must be one of ready, drain, maint`)
 	audit, err := os.ReadFile(filepath.Join(dir, "audit.log"))
@@ -116,54 +131,15 @@ backend web
 	require.Equal(t, 2, strings.Count(string(audit), `"domain":"web/srv-2"`))
 }
 
-func TestHAProxyNotConfiguredOrGone(t *testing.T) {
-	p := configured(t, "test:///default")
-	_, err := get(t, p, "haproxy.get")
-	require.ErrorContains(t, err, "haproxy is not configured: set Plugins.KVM.HAProxy.Socket")
+func TestHAProxyGone(t *testing.T) {
 	missing := filepath.Join(t.TempDir(), "admin.sock")
-	p = configured(t, "test:///default", "HAProxy.Socket", missing)
-	_, err = get(t, p, "haproxy.discovery")
+	p, _ := configured(t, "test:///default", "HAProxy.Socket", missing)
+	_, err := get(t, p, "haproxy.discovery")
 	require.ErrorContains(t, err, missing)
 	// domain discovery goes on without haproxy
 	v, err := get(t, p, "kvm.domain.discovery")
 	require.NoError(t, err)
 	require.Contains(t, v, `"{#KVM.DOMAIN.NAME}":"test"`)
-}
-
-// trapper is a loopback stand-in for the Zabbix server's trapper (the real server gets the push in
-// tests/e2e): it decodes each sender frame and answers success.
-func trapper(t *testing.T) (string, <-chan []sender.Item) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	t.Cleanup(func() { ln.Close() })
-	ch := make(chan []sender.Item, 32)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func(c net.Conn) {
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-				payload, err := sender.ReadFrame(c, 1<<20)
-				if err != nil {
-					return
-				}
-				var req struct {
-					Request string        `json:"request"`
-					Data    []sender.Item `json:"data"`
-				}
-				if json.Unmarshal(payload, &req) != nil || req.Request != "sender data" {
-					return
-				}
-				ch <- req.Data
-				resp := fmt.Sprintf(`{"response":"success","info":"processed: %d; failed: 0; total: %d; seconds spent: 0.000050"}`, len(req.Data), len(req.Data))
-				_, _ = c.Write(sender.Frame([]byte(resp)))
-			}(c)
-		}
-	}()
-	return ln.Addr().String(), ch
 }
 
 // awaitPush waits for the push of server's new status and returns "host/key" of its items.

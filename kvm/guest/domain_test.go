@@ -1,10 +1,9 @@
-package kvm
+package guest
 
 import (
 	"os"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -49,22 +48,4 @@ func TestParseDomstatsErrors(t *testing.T) {
 	require.Equal(t, "shutoff", recs[0].Domain().State)
 	require.Equal(t, "paused", recs[1].Domain().State)
 	require.Equal(t, "user", recs[1].Domain().Reason)
-}
-
-// A monitor call that timed out keeps each domain's previous cpu/memory/disk values, marked stale,
-// while state and network come from this collection.
-func TestMergeKeepsPreviousMonitorValues(t *testing.T) {
-	prev := newSnapshot([]Record{{Name: "a", UUID: "u1", Params: map[string]string{"state.state": "1", "cpu.time": "7", "net.count": "0"}}}, time.Now())
-	fast := []Record{{Name: "a", UUID: "u1", Params: map[string]string{"state.state": "1", "net.count": "0"}},
-		{Name: "b", UUID: "u2", Params: map[string]string{"state.state": "5"}}}
-	merge(fast, nil, errTest, prev)
-	require.Equal(t, "7", fast[0].Params["cpu.time"])
-	require.Equal(t, errTest.Error(), fast[0].Domain().StatsError)
-	require.NotContains(t, fast[1].Params, "cpu.time")
-
-	fresh := []Record{{Name: "a", UUID: "u1", Params: map[string]string{"state.state": "1"}}}
-	merge(fresh, []Record{{Name: "a", UUID: "u1", Params: map[string]string{"state.state": "3", "cpu.time": "9"}}}, nil, prev)
-	require.Equal(t, "9", fresh[0].Params["cpu.time"])
-	require.Equal(t, "1", fresh[0].Params["state.state"], "the fast call's state wins")
-	require.Empty(t, fresh[0].Stale)
 }

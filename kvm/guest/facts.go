@@ -1,0 +1,27 @@
+package guest
+
+import "encoding/json"
+
+// AgentInfo is kvm.domain.agent.get. Each section is collected on its own; a failing section is
+// named in Errors and the others are still returned (a guest without guest-get-users support, say).
+type AgentInfo struct {
+	OS          json.RawMessage   `json:"os,omitempty"`
+	Hostname    string            `json:"hostname,omitempty"`
+	Filesystems json.RawMessage   `json:"filesystems,omitempty"`
+	Users       json.RawMessage   `json:"users,omitempty"`
+	Interfaces  json.RawMessage   `json:"interfaces,omitempty"`
+	Errors      map[string]string `json:"errors,omitempty"`
+}
+
+// Hypervisor is the value of kvm.hypervisor.get.
+type Hypervisor struct {
+	Hostname          string         `json:"hostname"`
+	URI               string         `json:"uri"`
+	LibvirtVersion    string         `json:"libvirt_version"`
+	HypervisorType    string         `json:"hypervisor_type"`
+	HypervisorVersion string         `json:"hypervisor_version"`
+	CPUs              uint           `json:"cpus"`
+	CPUModel          string         `json:"cpu_model"`
+	MemoryBytes       uint64         `json:"memory_bytes"`
+	Domains           map[string]int `json:"domains"`
+}
