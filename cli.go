@@ -2,47 +2,44 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
-	"sort"
 	"strings"
+	"syscall"
 	"time"
 
+	"zabbix-agent2-plugin-kvm/actions"
 	"zabbix-agent2-plugin-kvm/hypervisor"
 	"zabbix-agent2-plugin-kvm/plugin"
 	"zabbix-agent2-plugin-kvm/plugin/sdk/container"
 )
 
-const usage = `Usage: zabbix-agent2-plugin-kvm [-c FILE] [--dry-run] VERB [ARG...]
+const usage = `Usage: zabbix-agent2-plugin-kvm [-c FILE] [--dry-run] [--caller NAME] [--timeout S] VERB [ARG...]
 
 Zabbix agent 2 loadable plugin for KVM hypervisors, and the CLI for Zabbix remote commands.
 zabbix_agent2 starts the plugin itself (Plugins.KVM.System.Path in kvm.conf); run VERBs by hand
-or from a Zabbix Action / frontend script through system.run.
+or from a Zabbix Action / frontend script through system.run. DOMAIN is a libvirt domain name or UUID.
 
 Options:
-  -c FILE      configuration file with Plugins.KVM.* options (default %s)
-  --dry-run    show what an action would do without doing it
+  -c FILE      configuration file with Plugins.KVM.* options (default %s);
+               it must be owned by root and writable by nobody else
+  --dry-run    show exactly what an action would do, changing nothing
   --timeout S  overall deadline in seconds (default: Plugins.KVM.Timeout for get, the Actions.*Seconds for actions)
   --caller N   who acts, for the audit log (default cli:$USER; the provisioned Zabbix scripts say zabbix)
 
-Exit status: 0 done and verified; 1 failed or not done; 2 usage; 3 refused by policy, rate limit
-or lock; 4 (exec) the command ran and exited non-zero.
-
-Verbs:
-  get KEY      evaluate an item key in-process, like zabbix_agent2 -t:  get 'kvm.domain.state[web-07]'
-  keys         list every item key with its parameters and description
-  conf         print the documented kvm.conf (every Plugins.KVM.* option with its default)
-  version      print the version
-  help         this text
+Exit status: 0 done and verified; 1 failed or not done; 2 usage; 3 refused or held (policy, rate
+limit, lock, an operator's hold or stop, the storm guard); 4 (exec) the command ran and exited
+non-zero; 5 quarantined by the loop guard (release DOMAIN after a look).
 %s`
 
-// verb is one CLI command. Verbs that change VMs are added by the actions wiring.
-type verb struct {
-	args string
-	help string
-	run  func(env *cliEnv, args []string) int
+// cliVerb is one CLI command; the table below is the one place verbs are listed, for dispatch and help.
+type cliVerb struct {
+	name, args, help string
+	action           bool // changes something: listed under Actions
+	run              func(env *cliEnv, args []string) int
 }
 
 type cliEnv struct {
@@ -54,22 +51,41 @@ type cliEnv struct {
 	stderr  io.Writer
 }
 
-var verbs = map[string]verb{}
+func verbTable() []cliVerb {
+	t := []cliVerb{
+		{name: "get", args: "KEY", help: "evaluate an item key in-process, like zabbix_agent2 -t: get 'kvm.domain.state[web-07]'", run: cliGet},
+		{name: "keys", help: "list every item key with its parameters and description", run: cliKeys},
+		{name: "conf", help: "print the documented kvm.conf (every Plugins.KVM.* option with its default)", run: cliConf},
+		{name: "version", help: "print the version", run: cliVersion},
+		{name: "help", help: "this text", run: nil},
+		{name: "zabbix", args: "setup --url URL (--token T | --user U --password P) [flags]",
+			help: "provision templates, media types, on-call group, scripts and the escalation Action (idempotent)", run: cliZabbix},
+	}
+	for _, v := range actions.Verbs() {
+		t = append(t, cliVerb{name: string(v.Verb), args: v.Args, help: v.Help, action: true, run: actionVerb(v.Verb)})
+	}
+	t = append(t,
+		cliVerb{name: "drain", args: "DOMAIN", help: "set the haproxy server of the domain to drain", action: true, run: poolOfDomain("drain")},
+		cliVerb{name: "ready", args: "DOMAIN", help: "set the haproxy server of the domain back to ready", action: true, run: poolOfDomain("ready")},
+	)
+	return t
+}
 
-func verbHelp() string {
-	names := make([]string, 0, len(verbs))
-	for n := range verbs {
-		names = append(names, n)
+func helpText() string {
+	var read, act strings.Builder
+	for _, v := range verbTable() {
+		w := &read
+		if v.action {
+			w = &act
+		}
+		if use := strings.TrimSpace(v.name + " " + v.args); len(use) <= 40 {
+			fmt.Fprintf(w, "  %-40s %s\n", use, v.help)
+		} else {
+			fmt.Fprintf(w, "  %s\n  %-40s %s\n", use, "", v.help)
+		}
 	}
-	sort.Strings(names)
-	var b strings.Builder
-	for _, n := range names {
-		fmt.Fprintf(&b, "  %-40s %s\n", n+" "+verbs[n].args, verbs[n].help)
-	}
-	if b.Len() == 0 {
-		return ""
-	}
-	return "\nActions (need Plugins.KVM.Actions.Enable=1 and a matching Actions.AllowDomains):\n" + b.String()
+	return fmt.Sprintf(usage, plugin.DefaultConfigFile,
+		"\nVerbs:\n"+read.String()+"\nActions (need Plugins.KVM.Actions.Enable=1 and a matching Actions.AllowDomains; hold needs neither):\n"+act.String())
 }
 
 func runCLI(args []string, stdout, stderr io.Writer) int {
@@ -81,50 +97,68 @@ func runCLI(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&env.dryRun, "dry-run", false, "dry run")
 	fs.StringVar(&env.caller, "caller", "", "caller")
 	fs.IntVar(&timeout, "timeout", 0, "seconds")
-	help := func(w io.Writer) { fmt.Fprintf(w, usage, plugin.DefaultConfigFile, verbHelp()) }
 	if err := fs.Parse(args); err != nil {
 		if err == flag.ErrHelp {
-			help(stdout)
+			fmt.Fprint(stdout, helpText())
 			return 0
 		}
-		fmt.Fprintf(stderr, "error: %v\n\n", err)
-		help(stderr)
+		fmt.Fprintf(stderr, "error: %v\n\n%s", err, helpText())
 		return 2
 	}
 	env.timeout = time.Duration(timeout) * time.Second
 	rest := fs.Args()
-	if len(rest) == 0 {
-		help(stdout)
+	if len(rest) == 0 || rest[0] == "help" || rest[0] == "-h" || rest[0] == "--help" {
+		fmt.Fprint(stdout, helpText())
 		return 0
 	}
-	switch rest[0] {
-	case "help", "-h", "--help":
-		help(stdout)
-		return 0
-	case "version":
-		fmt.Fprintf(stdout, "zabbix-agent2-plugin-kvm %s (plugin %s, agent 2 plugin protocol 6.0.13 and 6.4.0)\n", Version, plugin.Name)
-		return 0
-	case "keys":
-		for _, k := range plugin.KeyUsage() {
-			fmt.Fprintf(stdout, "%-50s %s\n", k[0], k[1])
+	for _, v := range verbTable() {
+		if v.name == rest[0] && v.run != nil {
+			return v.run(env, rest[1:])
 		}
-		return 0
-	case "get":
-		return cliGet(env, rest[1:])
-	case "conf":
-		fmt.Fprint(stdout, plugin.ConfDoc())
-		return 0
 	}
-	if v, ok := verbs[rest[0]]; ok {
-		return v.run(env, rest[1:])
-	}
-	fmt.Fprintf(stderr, "error: unknown verb %q\n\n", rest[0])
-	help(stderr)
+	fmt.Fprintf(stderr, "error: unknown verb %q\n\n%s", rest[0], helpText())
 	return 2
+}
+
+func cliKeys(env *cliEnv, _ []string) int {
+	for _, k := range plugin.KeyUsage() {
+		fmt.Fprintf(env.stdout, "%-50s %s\n", k[0], k[1])
+	}
+	return 0
+}
+
+func cliConf(env *cliEnv, _ []string) int { fmt.Fprint(env.stdout, plugin.ConfDoc()); return 0 }
+
+func cliVersion(env *cliEnv, _ []string) int {
+	fmt.Fprintf(env.stdout, "zabbix-agent2-plugin-kvm %s (plugin %s, agent 2 plugin protocol 6.0.13 and 6.4.0)\n", Version, plugin.Name)
+	return 0
+}
+
+// checkConfigFile refuses a configuration that someone other than root could have written: its
+// options decide which guests may be restarted and which commands run in them, and a remote
+// command names the file with -c.
+func checkConfigFile(path string) error {
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return fmt.Errorf("config file: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("config file %s: not a regular file (a symlink is refused)", path)
+	}
+	if st := fi.Sys().(*syscall.Stat_t); st.Uid != 0 {
+		return fmt.Errorf("config file %s: owned by uid %d, not root: refused (its options decide what actions may do)", path, st.Uid)
+	}
+	if fi.Mode().Perm()&0o022 != 0 {
+		return fmt.Errorf("config file %s: mode %04o lets group or others write it: refused (chmod go-w)", path, fi.Mode().Perm())
+	}
+	return nil
 }
 
 // loadConfig reads the config file as the agent would configure the plugin from it.
 func loadConfig(env *cliEnv) (*plugin.Config, error) {
+	if err := checkConfigFile(env.cfgFile); err != nil {
+		return nil, err
+	}
 	opts, err := plugin.ReadConfigFile(env.cfgFile)
 	if err != nil {
 		return nil, err
@@ -199,4 +233,17 @@ func callerName(flag string) string {
 		}
 	}
 	return "cli"
+}
+
+// exitStatus maps an action's error to the exit status the usage text promises.
+func exitStatus(err error) int {
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, actions.ErrQuarantined):
+		return 5
+	case errors.Is(err, actions.ErrRefused), errors.Is(err, actions.ErrLocked), errors.Is(err, actions.ErrHeld):
+		return 3
+	}
+	return 1
 }

@@ -3,7 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"time"
@@ -12,31 +12,6 @@ import (
 	"zabbix-agent2-plugin-kvm/hypervisor"
 	"zabbix-agent2-plugin-kvm/plugin"
 )
-
-func init() {
-	for _, v := range []struct{ name, help string }{
-		{"start", "start a shut-off domain"},
-		{"shutdown", "ask the guest to power off (ACPI or guest agent: Actions.GentleMode)"},
-		{"reboot", "ask the guest to reboot (gentle); exit 1 if the guest ignored it"},
-		{"reset", "forced reset (counts against Actions.MaxForcedPerHour)"},
-		{"destroy", "forced power off (counts against Actions.MaxForcedPerHour)"},
-		{"suspend", "pause the domain"},
-		{"resume", "resume a paused domain"},
-	} {
-		verb := v.name
-		verbs[verb] = verb2{"DOMAIN", v.help, func(env *cliEnv, args []string) int { return cliLifecycle(env, verb, args) }}.v()
-	}
-	verbs["exec"] = verb2{"DOMAIN [--nowait] -- CMD [ARG...]", "run an allow-listed command in the guest through qemu-guest-agent", cliExec}.v()
-	verbs["recover"] = verb2{"DOMAIN [BACKEND SERVER]", "the whole ladder: drain, reboot, reset, destroy+start, ready; stops when healthy", cliRecover}.v()
-	verbs["pool"] = verb2{"BACKEND SERVER ready|drain|maint", "set an haproxy server's admin state", cliPool}.v()
-}
-
-type verb2 struct {
-	args, help string
-	run        func(*cliEnv, []string) int
-}
-
-func (v verb2) v() verb { return verb{args: v.args, help: v.help, run: v.run} }
 
 // withActor loads the configuration, builds an Actor acting for env's caller and runs fn with a
 // context bounded by limit(cfg), or by --timeout when given: a remote command must end, whatever
@@ -48,13 +23,12 @@ func withActor(env *cliEnv, limit func(*plugin.Config) time.Duration, fn func(ct
 		return 1
 	}
 	defer h.Close()
-	cfg := h.Cfg
 	a, err := h.Actor(callerName(env.caller), env.dryRun)
 	if err != nil {
 		fmt.Fprintf(env.stderr, "error: %v\n", err)
 		return 1
 	}
-	d := limit(cfg)
+	d := limit(h.Cfg)
 	if env.timeout > 0 {
 		d = env.timeout
 	}
@@ -70,29 +44,59 @@ func ladderSteps(n int) func(*plugin.Config) time.Duration {
 	}
 }
 
-// report prints v as indented JSON and maps err to the exit status: 0 only when done and verified.
+func callTimeout(cfg *plugin.Config) time.Duration { return cfg.Timeout + 5*time.Second }
+
+// report prints v as indented JSON and maps err to the exit status.
 func report(w, ew io.Writer, v any, err error) int {
 	b, _ := json.MarshalIndent(v, "", "  ")
 	fmt.Fprintln(w, string(b))
 	if err != nil {
 		fmt.Fprintf(ew, "error: %v\n", err)
-		if refused(err) {
-			return 3
-		}
-		return 1
 	}
-	return 0
+	return exitStatus(err)
 }
 
-func cliLifecycle(env *cliEnv, verb string, args []string) int {
-	if len(args) != 1 {
-		fmt.Fprintf(env.stderr, "usage: %s DOMAIN\n", verb)
+// actionVerb is the CLI side of one action verb: its arguments, its deadline, its report.
+func actionVerb(verb actions.Verb) func(*cliEnv, []string) int {
+	info, _ := actions.Info(verb)
+	usage := func(env *cliEnv) int {
+		fmt.Fprintf(env.stderr, "usage: %s %s\n", verb, info.Args)
 		return 2
 	}
-	return withActor(env, ladderSteps(1), func(ctx context.Context, _ *hypervisor.Hypervisor, a *actions.Actor) int {
-		res, err := a.Do(ctx, verb, args[0])
-		return report(env.stdout, env.stderr, res, err)
-	})
+	switch verb {
+	case actions.VerbExec:
+		return cliExec
+	case actions.VerbPool:
+		return cliPool
+	case actions.VerbHold, actions.VerbRelease:
+		return func(env *cliEnv, args []string) int { return cliHold(env, verb, args) }
+	case actions.VerbForcedRestart, actions.VerbRecover:
+		rungs := map[actions.Verb]int{actions.VerbForcedRestart: 2, actions.VerbRecover: 3}[verb]
+		return func(env *cliEnv, args []string) int {
+			if len(args) != 1 {
+				return usage(env)
+			}
+			return withActor(env, ladderSteps(rungs), func(ctx context.Context, _ *hypervisor.Hypervisor, a *actions.Actor) int {
+				var rep actions.Report
+				var err error
+				if verb == actions.VerbRecover {
+					rep, err = a.Recover(ctx, args[0])
+				} else {
+					rep, err = a.ForcedRestart(ctx, args[0])
+				}
+				return report(env.stdout, env.stderr, rep, err)
+			})
+		}
+	}
+	return func(env *cliEnv, args []string) int {
+		if len(args) != 1 {
+			return usage(env)
+		}
+		return withActor(env, ladderSteps(1), func(ctx context.Context, _ *hypervisor.Hypervisor, a *actions.Actor) int {
+			res, err := a.Do(ctx, verb, args[0])
+			return report(env.stdout, env.stderr, res, err)
+		})
+	}
 }
 
 func cliExec(env *cliEnv, args []string) int {
@@ -105,8 +109,7 @@ func cliExec(env *cliEnv, args []string) int {
 		fmt.Fprintln(env.stderr, "usage: exec DOMAIN [--nowait] -- CMD [ARG...]")
 		return 2
 	}
-	limit := func(cfg *plugin.Config) time.Duration { return cfg.Timeout + 5*time.Second }
-	return withActor(env, limit, func(ctx context.Context, _ *hypervisor.Hypervisor, a *actions.Actor) int {
+	return withActor(env, callTimeout, func(ctx context.Context, _ *hypervisor.Hypervisor, a *actions.Actor) int {
 		res, err := a.Exec(ctx, args[0], args[2:], wait)
 		rc := report(env.stdout, env.stderr, res, err)
 		if rc == 0 && res.Exited && res.ExitCode != 0 {
@@ -116,36 +119,72 @@ func cliExec(env *cliEnv, args []string) int {
 	})
 }
 
-func cliRecover(env *cliEnv, args []string) int {
-	if len(args) != 1 && len(args) != 3 {
-		fmt.Fprintln(env.stderr, "usage: recover DOMAIN [BACKEND SERVER]   (without them, the haproxy server of the domain is looked up)")
-		return 2
-	}
-	return withActor(env, ladderSteps(3), func(ctx context.Context, h *hypervisor.Hypervisor, a *actions.Actor) int {
-		backend, server := "", ""
-		if len(args) == 3 {
-			backend, server = args[1], args[2]
-		} else if m, ok := h.PoolMember(ctx, args[0]); ok {
-			backend, server = m.Backend, m.Server
-		}
-		rep, err := a.Recover(ctx, args[0], backend, server)
-		return report(env.stdout, env.stderr, rep, err)
-	})
-}
-
 func cliPool(env *cliEnv, args []string) int {
 	if len(args) != 3 {
 		fmt.Fprintln(env.stderr, "usage: pool BACKEND SERVER ready|drain|maint")
 		return 2
 	}
-	limit := func(cfg *plugin.Config) time.Duration { return cfg.Timeout }
-	return withActor(env, limit, func(ctx context.Context, _ *hypervisor.Hypervisor, a *actions.Actor) int {
-		err := a.PoolSet(ctx, args[0], args[1], args[2])
-		out := map[string]any{"backend": args[0], "server": args[1], "state": args[2], "done": err == nil, "dry_run": env.dryRun}
-		return report(env.stdout, env.stderr, out, err)
+	return withActor(env, callTimeout, func(ctx context.Context, _ *hypervisor.Hypervisor, a *actions.Actor) int {
+		res, err := a.PoolSet(ctx, args[0], args[1], args[2])
+		return report(env.stdout, env.stderr, res, err)
 	})
 }
 
-func refused(err error) bool {
-	return errors.Is(err, actions.ErrRefused) || errors.Is(err, actions.ErrBusy)
+// poolOfDomain is drain/ready DOMAIN: the pool change of the domain's own haproxy server.
+func poolOfDomain(state string) func(*cliEnv, []string) int {
+	return func(env *cliEnv, args []string) int {
+		if len(args) != 1 {
+			fmt.Fprintf(env.stderr, "usage: %s DOMAIN\n", state)
+			return 2
+		}
+		return withActor(env, callTimeout, func(ctx context.Context, h *hypervisor.Hypervisor, a *actions.Actor) int {
+			m, ok := h.PoolMember(ctx, args[0])
+			if !ok {
+				fmt.Fprintf(env.stderr, "error: domain %q has no haproxy server (no server named after it or at its address)\n", args[0])
+				return 1
+			}
+			res, err := a.PoolSet(ctx, m.Backend, m.Server, state)
+			return report(env.stdout, env.stderr, res, err)
+		})
+	}
+}
+
+func cliHold(env *cliEnv, verb actions.Verb, args []string) int {
+	fs := flag.NewFlagSet(string(verb), flag.ContinueOnError)
+	fs.SetOutput(env.stderr)
+	all := fs.Bool("all", false, "the whole hypervisor")
+	var d time.Duration
+	reason := "operator hold"
+	if verb == actions.VerbHold {
+		fs.DurationVar(&d, "for", 0, "how long (e.g. 2h); 0: until released")
+		fs.StringVar(&reason, "reason", reason, "why, for the audit log and Zabbix")
+	}
+	// the domain may come before or after the flags: hold web-07 --for 1h, hold --for 1h web-07
+	var domain string
+	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
+		domain, args = args[0], args[1:]
+	}
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if domain == "" && fs.NArg() == 1 {
+		domain = fs.Arg(0)
+	} else if fs.NArg() > 0 {
+		domain = ""
+	}
+	if (domain == "") != *all || d < 0 {
+		info, _ := actions.Info(verb)
+		fmt.Fprintf(env.stderr, "usage: %s %s\n", verb, info.Args)
+		return 2
+	}
+	return withActor(env, callTimeout, func(ctx context.Context, _ *hypervisor.Hypervisor, a *actions.Actor) int {
+		var res actions.HoldResult
+		var err error
+		if verb == actions.VerbHold {
+			res, err = a.Hold(ctx, domain, *all, d, reason)
+		} else {
+			res, err = a.Release(ctx, domain, *all)
+		}
+		return report(env.stdout, env.stderr, res, err)
+	})
 }

@@ -7,16 +7,8 @@ import (
 	"os"
 	"time"
 
-	"zabbix-agent2-plugin-kvm/actions"
 	"zabbix-agent2-plugin-kvm/conf/zabbix"
-	"zabbix-agent2-plugin-kvm/hypervisor"
 )
-
-func init() {
-	verbs["zabbix"] = verb{args: "setup --url URL (--token T | --user U --password P) [flags]",
-		help: "provision templates, media types, on-call group, scripts and the escalation Action (idempotent)", run: cliZabbix}
-	verbs["forced-restart"] = verb{args: "DOMAIN", help: "reset; if the reset fails (hung QEMU), destroy + start (the ladder's forced step)", run: cliForcedRestart}
-}
 
 // cliZabbix is `zabbix setup`: the Zabbix side of the recovery ladder through the API.
 func cliZabbix(env *cliEnv, args []string) int {
@@ -77,41 +69,4 @@ func cliZabbix(env *cliEnv, args []string) int {
 		return 1
 	}
 	return 0
-}
-
-// cliForcedRestart is the ladder's forced step: a reset, and when the reset fails (a SIGSTOPped
-// QEMU does not answer its monitor) destroy + start. Each forced call counts against the rate limit.
-func cliForcedRestart(env *cliEnv, args []string) int {
-	if len(args) != 1 {
-		fmt.Fprintln(env.stderr, "usage: forced-restart DOMAIN")
-		return 2
-	}
-	return withActor(env, ladderSteps(2), func(ctx context.Context, h *hypervisor.Hypervisor, a *actions.Actor) int {
-		var steps []any
-		var res actions.Result
-		var err error
-		if stuck, since, serr := h.Conn.MonitorStuck(ctx, args[0], 3*time.Second); serr == nil && stuck {
-			// a reset would queue behind the hung monitor command for ForcedSeconds and then fail
-			steps = append(steps, map[string]any{"verb": "reset", "domain": args[0], "outcome": "skipped",
-				"detail": fmt.Sprintf("QEMU monitor occupied for %s: the guest's QEMU is hung, going straight to destroy", since.Round(time.Second))})
-			err = fmt.Errorf("reset %s: skipped, QEMU monitor hung", args[0])
-		} else {
-			res, err = a.Do(ctx, "reset", args[0])
-			steps = append(steps, res)
-		}
-		off := res.Before.State == "shutoff"
-		if err != nil && (off || !refused(err)) {
-			if !off {
-				r, derr := a.Do(ctx, "destroy", args[0])
-				steps = append(steps, r)
-				if err = derr; err != nil {
-					return report(env.stdout, env.stderr, steps, err)
-				}
-			}
-			r, serr := a.Do(ctx, "start", args[0])
-			steps = append(steps, r)
-			err = serr
-		}
-		return report(env.stdout, env.stderr, steps, err)
-	})
 }

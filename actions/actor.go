@@ -5,42 +5,32 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strings"
 	"time"
 
 	"libvirt.org/go/libvirt"
 
 	"zabbix-agent2-plugin-kvm/kvm"
 	"zabbix-agent2-plugin-kvm/kvm/guest"
+	"zabbix-agent2-plugin-kvm/statedir"
 )
 
-// Lifecycle verbs accepted by Actor.Do.
-const (
-	VerbStart    = "start"
-	VerbShutdown = "shutdown"
-	VerbReboot   = "reboot"
-	VerbReset    = "reset"
-	VerbDestroy  = "destroy"
-	VerbSuspend  = "suspend"
-	VerbResume   = "resume"
-	VerbExec     = "exec"
-	VerbRecover  = "recover"
-)
-
-// Verbs lists the lifecycle verbs in the order a help text shows them.
-func Verbs() []string {
-	return []string{VerbStart, VerbShutdown, VerbReboot, VerbReset, VerbDestroy, VerbSuspend, VerbResume}
+// Pool is the haproxy runtime API as actions use it.
+type Pool interface {
+	// SetServerState sets a server's admin state: "ready", "drain" or "maint".
+	SetServerState(ctx context.Context, backend, server, state string) error
+	// Backend reads every server of backend now, by server name.
+	Backend(ctx context.Context, backend string) (map[string]ServerState, error)
 }
 
-// Forced reports whether a verb counts against MaxForcedPerHour.
-func Forced(verb string) bool { return verb == VerbReset || verb == VerbDestroy }
-
-// ErrNotDone is wrapped when a request was made but verification shows it did not take effect.
-var ErrNotDone = errors.New("not done")
-
-// Pool is the part of the haproxy runtime client recover needs; state is "ready", "drain" or "maint".
-type Pool interface {
-	SetServerState(ctx context.Context, backend, server, state string) error
+// ServerState is one haproxy server as the guards and the health check see it.
+type ServerState struct {
+	// Pool is UP, DOWN, NOLB or "no check", or DRAIN/MAINT when an operator holds it out.
+	Pool string
+	// CheckUp says the health check passes, whatever the admin state (a drained server serves
+	// again once its check passes).
+	CheckUp bool
+	// Check is haproxy's last check result and detail, e.g. "L7OK 200" or "L4CON Connection refused".
+	Check string
 }
 
 // Health tells whether a guest serves again (HTTP, else TCP, else guest agent: the owner composes it).
@@ -49,15 +39,20 @@ type Health func(ctx context.Context, domain string) (ok bool, detail string)
 
 // Options describe who acts and with which helpers.
 type Options struct {
-	Caller string // "zabbix", "cli", a user name: written to the audit log
+	Caller string // "zabbix", "cli:alice", …: written to the audit log
 	DryRun bool   // report what would happen, change nothing
-	Pool   Pool   // nil: recover skips drain/ready
-	Health Health // nil: recover uses AgentHealth (guest-ping)
+	Pool   Pool   // nil: no pool steps and no storm guard
+	// Member finds the haproxy server of a domain (nil, or ok false: none).
+	Member func(ctx context.Context, domain string) (backend, server string, ok bool)
+	// Owner finds the domain behind an haproxy server (nil, or ok false: none).
+	Owner  func(ctx context.Context, backend, server string) (domain string, ok bool)
+	Health Health // nil: AgentHealth (guest-ping)
 	Logf   func(format string, args ...any)
+	Clock  statedir.Clock // nil: the system's clocks
 }
 
-// Actor performs guarded actions on the domains of one libvirt connection. It is safe for concurrent use;
-// actions on one domain are serialised by a lock file shared with other processes.
+// Actor performs guarded actions on the domains of one libvirt connection. It is safe for
+// concurrent use; actions on one domain are serialised by a lock file shared with other processes.
 type Actor struct {
 	conn *kvm.Conn
 	pol  *compiled
@@ -76,6 +71,9 @@ func New(conn *kvm.Conn, p Policy, opts Options) (*Actor, error) {
 	if opts.Caller == "" {
 		opts.Caller = "unknown"
 	}
+	if opts.Clock == nil {
+		opts.Clock = statedir.SystemClock{}
+	}
 	a := &Actor{conn: conn, pol: c, opts: opts}
 	if a.opts.Health == nil {
 		a.opts.Health = AgentHealth(conn)
@@ -92,148 +90,164 @@ func (a *Actor) logf(format string, args ...any) {
 	}
 }
 
-// State is a domain state with its reason, in virsh words.
-type State struct {
-	State  string `json:"state"`
-	Reason string `json:"reason"`
+func (a *Actor) me(verb Verb) statedir.Holder {
+	return statedir.Holder{PID: os.Getpid(), Caller: a.opts.Caller, Verb: string(verb), Since: time.Now()}
 }
 
-func (s State) String() string {
-	if s.State == "" {
-		return "unknown"
+// job is one action between its gate and its audit line.
+type job struct {
+	a      *Actor
+	ctx    context.Context
+	verb   Verb
+	info   VerbInfo
+	domain string // the domain's name (resolved from a UUID when one was given)
+	tgt    target
+	dir    *statedir.Dir
+	audit  *auditRecord
+}
+
+// serverGate is the frame of a pool change of a server that belongs to no guest: its backend must
+// match AllowBackends, and a lock of its own serialises changes to it.
+func (j *job) serverGate(ctx context.Context, body func(*job) error) error {
+	a := j.a
+	if err := a.pol.checkBackend(j.tgt.backend); err != nil {
+		return err
 	}
-	return s.State + "/" + s.Reason
-}
-
-// Result is the outcome of one lifecycle action.
-type Result struct {
-	Verb     string  `json:"verb"`
-	Domain   string  `json:"domain"`
-	Before   State   `json:"before"`
-	After    State   `json:"after"`
-	Done     bool    `json:"done"`
-	Outcome  string  `json:"outcome"`
-	Detail   string  `json:"detail"`
-	Duration Seconds `json:"duration_s"`
-	DryRun   bool    `json:"dry_run,omitempty"`
-}
-
-// name quotes a domain name in messages only when it needs it, so "reboot web-07: …" stays plain
-// while a name with spaces or control characters cannot forge a message.
-func name(domain string) string {
-	if plainArg.MatchString(domain) {
-		return domain
+	dir, err := statedir.Open(a.pol.StateDir)
+	if err != nil {
+		return err
 	}
-	return fmt.Sprintf("%q", domain)
+	j.dir = dir
+	if a.opts.DryRun {
+		return body(j)
+	}
+	lock, err := dir.LockDomain(ctx, j.audit.entry.Domain, a.pol.LockWait, a.me(j.verb))
+	if err != nil {
+		return err
+	}
+	defer lock.Unlock()
+	if err := j.audit.begin(); err != nil {
+		return err
+	}
+	return body(j)
 }
 
-// Do runs one lifecycle verb on domain: policy, lock, rate limit, the libvirt call, verification,
-// one audit line. The error is nil only when the result is verified done (or already in effect).
-func (a *Actor) Do(ctx context.Context, verb, domain string) (Result, error) {
+// target says what an action acts on beyond its domain.
+type target struct {
+	argv     []string // exec: the command, checked against AllowCommands
+	command  string   // exec: its canonical command line, for the audit log
+	takesOut bool     // a pool change that takes a server out (drain, maint): allowed while held
+	// backend/server: a pool change of a server that belongs to no guest (domain is then "")
+	backend, server string
+}
+
+// run is every action's frame: resolve the domain, the gate (policy, hold, quarantine, and for
+// restarts the storm guard and a concurrency slot), the domain's lock, the audit line at the start
+// and at the end, and one classification of the outcome. body runs with all of that in place; in
+// a dry run it must change nothing. The returned error is body's (or the gate's), wrapped with the
+// verb and domain; out receives the outcome and detail for the caller's report.
+func (a *Actor) run(ctx context.Context, verb Verb, domain string, tgt target, out *Outcome, detail *string, body func(*job) error) error {
 	start := time.Now()
-	res := Result{Verb: verb, Domain: domain, DryRun: a.opts.DryRun}
-	err := a.do(ctx, verb, domain, &res)
-	res.Duration = Seconds(time.Since(start))
-	switch {
-	case err == nil && a.opts.DryRun:
-		res.Outcome = OutcomeDryRun
-	case err == nil:
-		res.Outcome, res.Done = OutcomeDone, true
-	case errors.Is(err, ErrRefused), errors.Is(err, ErrBusy):
-		res.Outcome = OutcomeRefused
-	case errors.Is(err, ErrNotDone):
-		res.Outcome = OutcomeNotDone
-	default:
-		res.Outcome = OutcomeFailed
+	info, _ := Info(verb)
+	j := &job{a: a, ctx: ctx, verb: verb, info: info, domain: domain, tgt: tgt}
+	j.audit = &auditRecord{a: a, entry: AuditEntry{ID: auditID(), Time: start, Verb: string(verb), Domain: domain, Command: tgt.command}}
+	if domain == "" && tgt.server != "" {
+		j.audit.entry.Domain = "haproxy:" + tgt.backend + "/" + tgt.server
 	}
-	if err != nil && res.Detail == "" {
-		res.Detail = err.Error()
+	err := j.gate(ctx, body)
+	*out = classify(err, a.opts.DryRun)
+	if err != nil && *detail == "" {
+		*detail = err.Error()
 	}
-	if aerr := a.audit(AuditEntry{Time: start, Verb: verb, Domain: domain, Outcome: res.Outcome,
-		Duration: res.Duration, Detail: res.Detail}); aerr != nil {
+	if aerr := j.audit.end(*out, time.Since(start), *detail); aerr != nil {
 		err = errors.Join(err, aerr)
 	}
 	if err != nil {
-		return res, fmt.Errorf("%s %s: %w", verb, name(domain), err)
-	}
-	return res, nil
-}
-
-func (a *Actor) do(ctx context.Context, verb, domain string, res *Result) error {
-	switch verb {
-	case VerbStart, VerbShutdown, VerbReboot, VerbReset, VerbDestroy, VerbSuspend, VerbResume:
-	default:
-		return fmt.Errorf("%w: unknown verb %q (known: %s)", ErrRefused, verb, strings.Join(Verbs(), ", "))
-	}
-	if err := a.pol.checkDomain(domain); err != nil {
-		return err
-	}
-	if a.opts.DryRun {
-		return a.dryRun(ctx, verb, domain, res)
-	}
-	lock, err := lockDomain(ctx, a.pol.StateDir, domain, a.pol.LockWait, a.me(verb))
-	if err != nil {
-		return err
-	}
-	defer lock.unlock()
-	return a.lifecycle(ctx, verb, domain, res)
-}
-
-func (a *Actor) me(verb string) holder {
-	return holder{PID: os.Getpid(), Caller: a.opts.Caller, Verb: verb, Since: time.Now()}
-}
-
-func (a *Actor) dryRun(ctx context.Context, verb, domain string, res *Result) error {
-	st, err := a.state(ctx, domain)
-	if err != nil {
-		return err
-	}
-	res.Before, res.After = st, st
-	res.Detail = fmt.Sprintf("would %s %s (now %s)", verb, domain, st)
-	if Forced(verb) {
-		s, err := loadState(a.pol.StateDir, domain)
-		if err != nil {
-			return err
-		}
-		if err := s.checkForced(time.Now(), a.pol.MaxForcedPerHour); err != nil {
-			return err
-		}
+		return fmt.Errorf("%s %s: %w", verb, name(j.audit.entry.Domain), err)
 	}
 	return nil
 }
 
-// lifecycle runs verb with the domain lock held.
-func (a *Actor) lifecycle(ctx context.Context, verb, domain string, res *Result) error {
-	before, err := a.state(ctx, domain)
+func (j *job) gate(ctx context.Context, body func(*job) error) error {
+	a := j.a
+	if j.domain == "" && j.tgt.server != "" {
+		return j.serverGate(ctx, body)
+	}
+	// a hold only ever stops actions, so anyone who may run the CLI may place one; everything else,
+	// release included (it lets actions run again), passes the policy
+	policy := a.pol.checkDomain
+	if j.verb == VerbHold {
+		policy = func(string) error { return nil }
+	}
+	if !uuidLike(j.domain) {
+		// a name outside the policy is refused before libvirt is asked anything
+		if err := policy(j.domain); err != nil {
+			return err
+		}
+	}
+	if j.tgt.argv != nil {
+		if err := a.pol.checkCommand(j.tgt.argv); err != nil {
+			return err
+		}
+	}
+	resolved, err := a.resolve(ctx, j.domain)
 	if err != nil {
 		return err
 	}
-	res.Before, res.After = before, before
-	var detail string
-	switch verb {
-	case VerbStart:
-		detail, err = a.start(ctx, domain, before)
-	case VerbShutdown:
-		detail, err = a.shutdown(ctx, domain, before)
-	case VerbReboot:
-		detail, err = a.reboot(ctx, domain, before)
-	case VerbReset:
-		detail, err = a.reset(ctx, domain, before)
-	case VerbDestroy:
-		detail, err = a.destroy(ctx, domain, before)
-	case VerbSuspend:
-		detail, err = a.suspend(ctx, domain, before)
-	case VerbResume:
-		detail, err = a.resume(ctx, domain, before)
+	j.domain, j.audit.entry.Domain = resolved, resolved
+	if err := policy(j.domain); err != nil {
+		return err
 	}
-	if after, serr := a.state(ctx, domain); serr == nil {
-		res.After = after
+	if j.dir, err = statedir.Open(a.pol.StateDir); err != nil {
+		return err
 	}
-	res.Detail = detail
-	if err != nil && detail != "" {
-		res.Detail = detail + ": " + err.Error()
+	if err := j.checkGuards(); err != nil {
+		return err
 	}
-	return err
+	if a.opts.DryRun {
+		if j.info.Kind == Restart {
+			if err := j.stormGuard(ctx); err != nil {
+				return err
+			}
+		}
+		return body(j)
+	}
+	lock, err := j.dir.LockDomain(ctx, j.domain, a.pol.LockWait, a.me(j.verb))
+	if err != nil {
+		return err
+	}
+	defer lock.Unlock()
+	if err := j.checkGuards(); err != nil { // a hold may have come while we waited for the lock
+		return err
+	}
+	if j.info.Kind == Restart {
+		if err := j.stormGuard(ctx); err != nil {
+			return err
+		}
+		slot, err := j.dir.Slot(a.pol.MaxConcurrent, a.me(j.verb))
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrHeld, err)
+		}
+		defer slot.Unlock()
+	}
+	if err := j.audit.begin(); err != nil {
+		return err
+	}
+	return body(j)
+}
+
+// resolve returns the name of the domain given by name or UUID.
+func (a *Actor) resolve(ctx context.Context, domain string) (string, error) {
+	if domain == "" {
+		return "", fmt.Errorf("%w: empty domain name", ErrRefused)
+	}
+	var n string
+	err := a.call(ctx, "GetName", a.stateTimeout(), domain, func(_ *libvirt.Connect, d *libvirt.Domain) error {
+		var err error
+		n, err = d.GetName()
+		return err
+	})
+	return n, err
 }
 
 // call runs fn on the domain through the connection manager with its own deadline. Slow calls are
@@ -269,13 +283,22 @@ func (a *Actor) state(ctx context.Context, domain string) (State, error) {
 	var st State
 	err := a.call(ctx, "GetState", a.stateTimeout(), domain, func(_ *libvirt.Connect, d *libvirt.Domain) error {
 		s, r, err := d.GetState()
-		if err != nil {
-			return err
-		}
-		st = State{State: guest.State(s).String(), Reason: guest.ReasonName(guest.State(s), r)}
-		return nil
+		st = State{guest.Status{State: guest.State(s), Reason: r}}
+		return err
 	})
 	return st, err
+}
+
+// peek reads the state for a message or a side check: at most a second, even past ctx's deadline,
+// so it can neither stretch a verb's budget noticeably nor fail just because the budget ran out.
+func (a *Actor) peek(ctx context.Context, domain string) State {
+	c, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+	defer cancel()
+	st, err := a.state(c, domain)
+	if err != nil {
+		return State{}
+	}
+	return st
 }
 
 // waitState polls the state until ok says so or timeout passes; it returns the last state seen.
@@ -300,143 +323,6 @@ func (a *Actor) waitState(ctx context.Context, domain string, timeout time.Durat
 	}
 }
 
-func active(s State) bool { return s.State == "running" || s.State == "paused" || s.State == "blocked" }
-func isOff(s State) bool  { return s.State == "shutoff" }
-
-func (a *Actor) start(ctx context.Context, domain string, before State) (string, error) {
-	switch before.State {
-	case "running", "blocked":
-		return "already running", nil
-	case "paused":
-		return "", fmt.Errorf("%w: domain is paused (%s): use resume", ErrNotDone, before)
-	case "pmsuspended":
-		return "", fmt.Errorf("%w: domain is suspended by the guest (pmsuspended): wake it from the guest side", ErrNotDone)
-	}
-	if err := a.call(ctx, "Create", a.pol.ForcedTimeout, domain, func(_ *libvirt.Connect, d *libvirt.Domain) error {
-		return d.Create()
-	}); err != nil {
-		return "", err
-	}
-	st, ok := a.waitState(ctx, domain, a.pol.ForcedTimeout, func(s State) bool { return s.State == "running" })
-	if !ok {
-		return "", fmt.Errorf("%w: started but state is %s", ErrNotDone, st)
-	}
-	return "started", nil
-}
-
-// gentle maps GentleMode to libvirt flags; shutdown and reboot use the same bit values.
-func (a *Actor) gentleFlags() uint32 {
-	switch a.pol.GentleMode {
-	case ModeAgent:
-		return uint32(libvirt.DOMAIN_SHUTDOWN_GUEST_AGENT)
-	case ModeAgentACPI:
-		return uint32(libvirt.DOMAIN_SHUTDOWN_GUEST_AGENT | libvirt.DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
-	case ModeDefault:
-		return 0
-	}
-	return uint32(libvirt.DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
-}
-
-// unsupportedFlags is the answer of drivers that know no shutdown modes (the test driver).
-func unsupportedFlags(err error) bool {
-	var lerr libvirt.Error
-	return errors.As(err, &lerr) && lerr.Code == libvirt.ERR_INVALID_ARG && strings.Contains(lerr.Message, "unsupported flags")
-}
-
-// request sends a gentle request with the policy's mode, falling back to the driver's default only
-// when the driver rejects mode flags altogether; the note says so.
-func (a *Actor) request(ctx context.Context, domain string, timeout time.Duration, send func(*libvirt.Domain, uint32) error) (string, error) {
-	flags := a.gentleFlags()
-	note := "mode " + a.pol.GentleMode
-	err := a.call(ctx, "gentle request", timeout, domain, func(_ *libvirt.Connect, d *libvirt.Domain) error {
-		err := send(d, flags)
-		if err != nil && flags != 0 && unsupportedFlags(err) {
-			note = "driver supports no mode flags, used its default"
-			err = send(d, 0)
-		}
-		return err
-	})
-	if err != nil {
-		if errors.Is(err, context.DeadlineExceeded) {
-			return note, fmt.Errorf("request did not return within %s (QEMU or libvirt not answering): %w", timeout.Round(time.Second), err)
-		}
-		return note, err
-	}
-	return note, nil
-}
-
-func (a *Actor) shutdown(ctx context.Context, domain string, before State) (string, error) {
-	if isOff(before) {
-		return "already shut off", nil
-	}
-	t0 := time.Now()
-	note, err := a.request(ctx, domain, a.pol.GentleTimeout, func(d *libvirt.Domain, f uint32) error {
-		return d.ShutdownFlags(libvirt.DomainShutdownFlags(f))
-	})
-	if err != nil {
-		return "shutdown requested (" + note + ")", err
-	}
-	st, ok := a.waitState(ctx, domain, a.pol.GentleTimeout-time.Since(t0), isOff)
-	if !ok {
-		return "", fmt.Errorf("%w: guest did not power off within %s (%s; state %s)", ErrNotDone, a.pol.GentleTimeout, note, st)
-	}
-	return fmt.Sprintf("powered off after %s (%s)", time.Since(t0).Round(time.Millisecond), note), nil
-}
-
-// reboot asks the guest to reboot and counts it done only when libvirt reports a reset of the
-// virtual machine (its reboot event: QEMU's RESET, which a guest-initiated reboot and libvirt's
-// ACPI "fake reboot" both produce). The domain stays "running" throughout, so the state alone cannot
-// tell a reboot from a guest that ignored the request. Limits: a guest that resets and then hangs
-// while booting counts as rebooted (recover's health wait catches that); drivers without reboot
-// events (the test driver) always report not done; a reconnect during the wait loses the event.
-func (a *Actor) reboot(ctx context.Context, domain string, before State) (string, error) {
-	if isOff(before) {
-		return "", fmt.Errorf("%w: domain is shut off: use start", ErrNotDone)
-	}
-	if before.State == "paused" {
-		return "", fmt.Errorf("%w: domain is paused (%s): use resume or reset", ErrNotDone, before)
-	}
-	t0 := time.Now()
-	end := budget(ctx, a.pol.GentleTimeout)
-	ev, err := a.watchReset(ctx, domain)
-	if err != nil {
-		return "", fmt.Errorf("watch for the guest's reset: %w", err)
-	}
-	defer ev.close(ctx)
-	note, err := a.request(ctx, domain, time.Until(end), func(d *libvirt.Domain, f uint32) error {
-		return d.Reboot(libvirt.DomainRebootFlagValues(f))
-	})
-	if err != nil {
-		return "reboot requested (" + note + ")", err
-	}
-	timer := time.NewTimer(max(time.Until(end), 0))
-	defer timer.Stop()
-	tick := time.NewTicker(500 * time.Millisecond)
-	defer tick.Stop()
-	ignored := func() (string, error) {
-		return "", fmt.Errorf("%w: no guest reset within %s: the guest ignored the request (%s; state %s)",
-			ErrNotDone, end.Sub(t0).Round(time.Millisecond), note, a.peek(ctx, domain))
-	}
-	for {
-		select {
-		case <-ev.reset:
-			return fmt.Sprintf("guest reset observed after %s (%s; state %s)", time.Since(t0).Round(time.Millisecond), note, a.peek(ctx, domain)), nil
-		case <-tick.C:
-			// a guest that powers off instead of rebooting will never reset
-			if st := a.peek(ctx, domain); isOff(st) {
-				return "", fmt.Errorf("%w: guest powered off instead of rebooting (state %s)", ErrNotDone, st)
-			}
-		case <-timer.C:
-			return ignored()
-		case <-ctx.Done():
-			if errors.Is(ctx.Err(), context.DeadlineExceeded) && !time.Now().Before(end) {
-				return ignored() // the caller's deadline is this verb's budget: same verdict as the timer
-			}
-			return "", ctx.Err()
-		}
-	}
-}
-
 // budget is when a verb must be finished: timeout from now, or ctx's deadline if that is sooner.
 func budget(ctx context.Context, timeout time.Duration) time.Time {
 	end := time.Now().Add(timeout)
@@ -444,160 +330,4 @@ func budget(ctx context.Context, timeout time.Duration) time.Time {
 		return dl
 	}
 	return end
-}
-
-// peek reads the state for a message or a side check: at most a second, even past ctx's deadline,
-// so it can neither stretch a verb's budget noticeably nor fail just because the budget ran out.
-func (a *Actor) peek(ctx context.Context, domain string) State {
-	c, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-	defer cancel()
-	st, err := a.state(c, domain)
-	if err != nil {
-		return State{}
-	}
-	return st
-}
-
-func (a *Actor) reset(ctx context.Context, domain string, before State) (string, error) {
-	if !active(before) {
-		return "", fmt.Errorf("%w: domain is %s, not running: use start", ErrNotDone, before)
-	}
-	if err := a.countForced(domain); err != nil {
-		return "", err
-	}
-	t0 := time.Now()
-	if err := a.call(ctx, "Reset", a.pol.ForcedTimeout, domain, func(_ *libvirt.Connect, d *libvirt.Domain) error {
-		return d.Reset(0)
-	}); err != nil {
-		if errors.Is(err, context.DeadlineExceeded) {
-			return "", fmt.Errorf("reset did not return within %s (QEMU not answering its monitor): %w", a.pol.ForcedTimeout, err)
-		}
-		return "", err
-	}
-	// libvirt returns once QEMU performed the reset; the state must still be active
-	if st := a.peek(ctx, domain); !active(st) {
-		return "", fmt.Errorf("%w: after reset the domain is %s", ErrNotDone, st)
-	}
-	return fmt.Sprintf("reset in %s", time.Since(t0).Round(time.Millisecond)), nil
-}
-
-func (a *Actor) destroy(ctx context.Context, domain string, before State) (string, error) {
-	if isOff(before) {
-		return "already shut off", nil
-	}
-	if err := a.countForced(domain); err != nil {
-		return "", err
-	}
-	return a.destroyNow(ctx, domain)
-}
-
-// destroyNow kills the domain (SIGTERM, then SIGKILL after libvirt's 10 s) and waits for shutoff.
-func (a *Actor) destroyNow(ctx context.Context, domain string) (string, error) {
-	t0 := time.Now()
-	if err := a.call(ctx, "Destroy", a.pol.ForcedTimeout, domain, func(_ *libvirt.Connect, d *libvirt.Domain) error {
-		return d.DestroyFlags(0)
-	}); err != nil {
-		return "", err
-	}
-	st, ok := a.waitState(ctx, domain, a.pol.ForcedTimeout-time.Since(t0), isOff)
-	if !ok {
-		return "", fmt.Errorf("%w: destroyed but state is %s", ErrNotDone, st)
-	}
-	return fmt.Sprintf("destroyed in %s", time.Since(t0).Round(time.Millisecond)), nil
-}
-
-func (a *Actor) suspend(ctx context.Context, domain string, before State) (string, error) {
-	switch {
-	case before.State == "paused":
-		return "already paused", nil
-	case !active(before):
-		return "", fmt.Errorf("%w: domain is %s, not running", ErrNotDone, before)
-	}
-	if err := a.call(ctx, "Suspend", a.pol.ForcedTimeout, domain, func(_ *libvirt.Connect, d *libvirt.Domain) error {
-		return d.Suspend()
-	}); err != nil {
-		return "", err
-	}
-	st, ok := a.waitState(ctx, domain, a.pol.ForcedTimeout, func(s State) bool { return s.State == "paused" })
-	if !ok {
-		return "", fmt.Errorf("%w: suspended but state is %s", ErrNotDone, st)
-	}
-	return "paused", nil
-}
-
-func (a *Actor) resume(ctx context.Context, domain string, before State) (string, error) {
-	switch before.State {
-	case "running", "blocked":
-		return "already running", nil
-	case "paused":
-	default:
-		return "", fmt.Errorf("%w: domain is %s, not paused: use start", ErrNotDone, before)
-	}
-	if err := a.call(ctx, "Resume", a.pol.ForcedTimeout, domain, func(_ *libvirt.Connect, d *libvirt.Domain) error {
-		return d.Resume()
-	}); err != nil {
-		return "", err
-	}
-	st, ok := a.waitState(ctx, domain, a.pol.ForcedTimeout, func(s State) bool { return s.State == "running" })
-	if !ok {
-		return "", fmt.Errorf("%w: resumed but state is %s", ErrNotDone, st)
-	}
-	return "running", nil
-}
-
-// countForced checks the rolling-hour limit and records the attempt before it is made, so a crash or
-// timeout in the middle still counts (the limit exists to stop restart storms).
-func (a *Actor) countForced(domain string) error {
-	s, err := loadState(a.pol.StateDir, domain)
-	if err != nil {
-		return err
-	}
-	now := time.Now()
-	if err := s.checkForced(now, a.pol.MaxForcedPerHour); err != nil {
-		return err
-	}
-	s.Forced = append(s.Forced, now)
-	return s.save(a.pol.StateDir)
-}
-
-// resetWatch receives libvirt's reboot event for one domain.
-type resetWatch struct {
-	a     *Actor
-	reset chan struct{}
-	conn  *libvirt.Connect
-	id    int
-}
-
-func (a *Actor) watchReset(ctx context.Context, domain string) (*resetWatch, error) {
-	w := &resetWatch{a: a, reset: make(chan struct{}, 1), id: -1}
-	err := a.call(ctx, "reboot event register", a.stateTimeout(), domain, func(c *libvirt.Connect, d *libvirt.Domain) error {
-		id, err := c.DomainEventRebootRegister(d, func(*libvirt.Connect, *libvirt.Domain) {
-			select {
-			case w.reset <- struct{}{}:
-			default:
-			}
-		})
-		if err != nil {
-			return err
-		}
-		w.conn, w.id = c, id
-		return nil
-	})
-	return w, err
-}
-
-// close deregisters on the connection the callback was registered on; after a reconnect the old
-// connection is closed and its callbacks are gone with it.
-func (w *resetWatch) close(ctx context.Context) {
-	if w.id < 0 {
-		return
-	}
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.a.stateTimeout())
-	defer cancel()
-	_ = w.a.conn.Do(cctx, func(c *libvirt.Connect) error {
-		if c == w.conn {
-			return c.DomainEventDeregister(w.id)
-		}
-		return nil
-	})
 }

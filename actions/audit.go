@@ -1,38 +1,66 @@
 package actions
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
 	"time"
+
+	"zabbix-agent2-plugin-kvm/statedir"
 )
 
-// Outcomes written to the audit log and returned in Result/Report.
+// Audit phases: an action writes a begin line when it starts changing something and an end line
+// when it ends, with the same id; an action killed in between leaves its begin line. Refused and
+// dry-run attempts write only the end line.
 const (
-	OutcomeDone    = "done"     // the action happened and was verified (or was already in effect)
-	OutcomeNotDone = "not_done" // requested, but verification says it did not happen (e.g. guest ignored ACPI)
-	OutcomeFailed  = "failed"   // libvirt, the agent or a deadline failed
-	OutcomeRefused = "refused"  // policy, rate limit or lock said no; nothing was attempted
-	OutcomeDryRun  = "dry_run"  // nothing was changed
+	PhaseBegin = "begin"
+	PhaseEnd   = "end"
 )
 
 // AuditEntry is one line of the audit log.
 type AuditEntry struct {
+	ID       string    `json:"id"`
+	Phase    string    `json:"phase"`
 	Time     time.Time `json:"time"`
 	Caller   string    `json:"caller"`
 	PID      int       `json:"pid"`
 	Verb     string    `json:"verb"`
 	Domain   string    `json:"domain"`
 	Command  string    `json:"command,omitempty"`
-	Outcome  string    `json:"outcome"`
+	Outcome  Outcome   `json:"outcome"`
 	Duration Seconds   `json:"duration_s"`
 	Detail   string    `json:"detail,omitempty"`
 	DryRun   bool      `json:"dry_run,omitempty"`
 }
 
-// audit appends one line. Each entry is a single write on an O_APPEND descriptor, so lines from the
-// plugin and CLI processes do not interleave.
-func (a *Actor) audit(e AuditEntry) error {
+func auditID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// auditRecord writes the two lines of one action.
+type auditRecord struct {
+	a     *Actor
+	entry AuditEntry
+}
+
+func (r *auditRecord) begin() error {
+	e := r.entry
+	e.Phase, e.Outcome = PhaseBegin, OutcomeStarted
+	return r.a.writeAudit(e)
+}
+
+func (r *auditRecord) end(out Outcome, took time.Duration, detail string) error {
+	e := r.entry
+	e.Phase, e.Outcome, e.Duration, e.Detail = PhaseEnd, out, Seconds(took), detail
+	return r.a.writeAudit(e)
+}
+
+// writeAudit appends one line (statedir.AppendLine: one write, no symlinks followed).
+func (a *Actor) writeAudit(e AuditEntry) error {
 	e.Caller = a.opts.Caller
 	e.PID = os.Getpid()
 	e.DryRun = a.opts.DryRun
@@ -44,29 +72,19 @@ func (a *Actor) audit(e AuditEntry) error {
 	if a.pol.AuditLog == "" {
 		return nil
 	}
-	f, err := os.OpenFile(a.pol.AuditLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
-	if err != nil {
-		return fmt.Errorf("audit log: %w", err)
-	}
-	_, werr := f.Write(append(b, '\n'))
-	cerr := f.Close()
-	if werr != nil {
-		return fmt.Errorf("audit log: %w", werr)
-	}
-	if cerr != nil {
-		return fmt.Errorf("audit log: %w", cerr)
-	}
-	return nil
+	return statedir.AppendLine(a.pol.AuditLog, b)
 }
 
 // Seconds is a duration that marshals as a number of seconds with millisecond precision, which is
 // what Zabbix preprocessing and humans reading JSON both want.
 type Seconds time.Duration
 
+// MarshalJSON implements json.Marshaler.
 func (s Seconds) MarshalJSON() ([]byte, error) {
 	return []byte(fmt.Sprintf("%.3f", time.Duration(s).Seconds())), nil
 }
 
+// UnmarshalJSON implements json.Unmarshaler.
 func (s *Seconds) UnmarshalJSON(b []byte) error {
 	var f float64
 	if err := json.Unmarshal(b, &f); err != nil {

@@ -15,6 +15,9 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"zabbix-agent2-plugin-kvm/kvm/guest"
+	"zabbix-agent2-plugin-kvm/statedir"
 )
 
 // TestRateLimitSharedAcrossActors: two Actors with their own libvirt connections (as the plugin and a
@@ -24,7 +27,7 @@ func TestRateLimitSharedAcrossActors(t *testing.T) {
 	f1 := newFixture(t, func(p *Policy) { p.MaxForcedPerHour = 3 })
 	f2 := newFixture(t, nil)
 	f2.pol = f1.pol // same StateDir and AuditLog, own connection
-	a1, a2 := f1.actor(t, Options{Caller: "zabbix"}), f2.actor(t, Options{Caller: "cli"})
+	a1, a2 := f1.actor(t, Options{Caller: "zabbix"}), f2.actor(t, Options{Caller: "cli", Clock: f1.clock})
 	ctx := context.Background()
 
 	_, err := a1.Do(ctx, VerbReset, testDomain)
@@ -33,34 +36,38 @@ func TestRateLimitSharedAcrossActors(t *testing.T) {
 	require.NoError(t, err)
 	_, err = a1.Do(ctx, VerbDestroy, testDomain)
 	require.NoError(t, err)
-	assert.Equal(t, "shutoff", f2.state(t).State)
+	assert.Equal(t, guest.Shutoff, f2.state(t).State)
 	_, err = a2.Do(ctx, VerbStart, testDomain)
 	require.NoError(t, err, "start is not a forced action")
 
 	// the fourth forced action within the hour is refused, whoever asks, and nothing happens
 	res, err := a2.Do(ctx, VerbReset, testDomain)
 	require.ErrorIs(t, err, ErrRefused)
-	assert.Contains(t, err.Error(), "reset test: refused by policy: rate limit: 3 forced actions in the last hour (MaxForcedPerHour 3); next allowed at ")
+	assert.Contains(t, err.Error(), "reset test: refused by policy: rate limit: 3 forced actions in the last hour (MaxForcedPerHour 3); next allowed in ")
 	assert.Equal(t, OutcomeRefused, res.Outcome)
-	assert.Equal(t, "running", f2.state(t).State)
+	assert.Equal(t, guest.Running, f2.state(t).State)
 
 	// non-forced verbs are not limited
 	_, err = a2.Do(ctx, VerbSuspend, testDomain)
 	require.NoError(t, err)
-
-	// an hour later (entries aged in the shared file) forced actions are allowed again
-	ds, err := loadState(f1.pol.StateDir, testDomain)
+	_, err = a2.Do(ctx, VerbResume, testDomain)
 	require.NoError(t, err)
-	require.Len(t, ds.Forced, 3)
-	for i := range ds.Forced {
-		ds.Forced[i] = ds.Forced[i].Add(-time.Hour - time.Second)
-	}
-	require.NoError(t, ds.save(f1.pol.StateDir))
+
+	// the wall clock set back an hour (or forward) changes nothing: ages run on the boot clock
+	f1.clock.StepWall(-time.Hour)
+	_, err = a2.Do(ctx, VerbReset, testDomain)
+	require.ErrorIs(t, err, ErrRefused, "a clock step back does not erase the history")
+	f1.clock.StepWall(2 * time.Hour)
+	_, err = a2.Do(ctx, VerbReset, testDomain)
+	require.ErrorIs(t, err, ErrRefused, "nor does one forward")
+
+	// an hour later forced actions are allowed again
+	f1.clock.Advance(time.Hour + time.Second)
 	_, err = a2.Do(ctx, VerbReset, testDomain)
 	require.NoError(t, err)
 
 	au := readAudit(t, f1.audit)
-	require.Len(t, au, 7)
+	require.Len(t, au, 10)
 	assert.Equal(t, "cli", au[4].Caller)
 	assert.Equal(t, OutcomeRefused, au[4].Outcome)
 	assert.Contains(t, au[4].Detail, "rate limit")
@@ -102,7 +109,7 @@ func TestLockSerialisesGoroutines(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			a := f.actor(t, Options{Caller: fmt.Sprintf("g%d", i), Health: health})
-			rep, err := a.Recover(context.Background(), testDomain, "", "")
+			rep, err := a.Recover(context.Background(), testDomain)
 			if err == nil && rep.Exit != ExitAlreadyHealthy {
 				err = fmt.Errorf("exit %q", rep.Exit)
 			}
@@ -129,7 +136,7 @@ func TestLockRefusesAfterLockWait(t *testing.T) {
 	}})
 	done := make(chan error, 1)
 	go func() {
-		_, err := slow.Recover(context.Background(), testDomain, "", "")
+		_, err := slow.Recover(context.Background(), testDomain)
 		done <- err
 	}()
 	<-inside
@@ -138,14 +145,12 @@ func TestLockRefusesAfterLockWait(t *testing.T) {
 	waited := time.Since(t0)
 	close(release)
 	require.NoError(t, <-done)
-	require.ErrorIs(t, err, ErrBusy)
+	require.ErrorIs(t, err, ErrLocked)
 	assert.Equal(t, OutcomeRefused, res.Outcome)
 	assert.Contains(t, err.Error(), fmt.Sprintf("held by zabbix recover (pid %d)", os.Getpid()))
 	assert.GreaterOrEqual(t, waited, 300*time.Millisecond)
 	assert.Less(t, waited, 3*time.Second)
-	ds, err := loadState(f.pol.StateDir, testDomain)
-	require.NoError(t, err)
-	assert.Empty(t, ds.Forced, "a refused reset is not counted")
+	assert.Empty(t, f.domainState(t).Forced, "a refused reset is not counted")
 }
 
 // TestLockSerialisesProcesses: separate processes (this test binary re-executed) take the same
@@ -184,12 +189,14 @@ func TestHelperLockHolder(t *testing.T) {
 		return
 	}
 	id := os.Getenv("ACTIONS_LOCK_ID")
-	l, err := lockDomain(context.Background(), filepath.Join(dir, "state"), "web 07 ✓", 20*time.Second,
-		holder{PID: os.Getpid(), Caller: "helper" + id, Verb: "hold", Since: time.Now()})
+	sd, err := statedir.Open(filepath.Join(dir, "state"))
+	require.NoError(t, err)
+	l, err := sd.LockDomain(context.Background(), "web 07 ✓", 20*time.Second,
+		statedir.Holder{PID: os.Getpid(), Caller: "helper" + id, Verb: "hold", Since: time.Now()})
 	require.NoError(t, err)
 	s := time.Now()
 	time.Sleep(100 * time.Millisecond) // the work being serialised
 	e := time.Now()
-	l.unlock()
+	l.Unlock()
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "held-"+id), fmt.Appendf(nil, "%d %d\n", s.UnixNano(), e.UnixNano()), 0o644))
 }

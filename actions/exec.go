@@ -32,7 +32,7 @@ type ExecResult struct {
 	Stderr          string   `json:"stderr"`
 	StdoutTruncated bool     `json:"stdout_truncated,omitempty"`
 	StderrTruncated bool     `json:"stderr_truncated,omitempty"`
-	Outcome         string   `json:"outcome"`
+	Outcome         Outcome  `json:"outcome"`
 	Detail          string   `json:"detail,omitempty"`
 	Duration        Seconds  `json:"duration_s"`
 	DryRun          bool     `json:"dry_run,omitempty"`
@@ -46,50 +46,19 @@ type ExecResult struct {
 func (a *Actor) Exec(ctx context.Context, domain string, argv []string, wait bool) (ExecResult, error) {
 	start := time.Now()
 	res := ExecResult{Domain: domain, Argv: argv, Command: CommandLine(argv), Waited: wait, DryRun: a.opts.DryRun}
-	err := a.exec(ctx, domain, argv, wait, &res)
+	err := a.run(ctx, VerbExec, domain, target{argv: argv, command: res.Command}, &res.Outcome, &res.Detail, func(j *job) error {
+		res.Domain = j.domain
+		return a.exec(ctx, j.domain, argv, wait, &res)
+	})
 	res.Duration = Seconds(time.Since(start))
-	switch {
-	case err == nil && a.opts.DryRun:
-		res.Outcome = OutcomeDryRun
-	case err == nil:
-		res.Outcome = OutcomeDone
-	case errors.Is(err, ErrRefused), errors.Is(err, ErrBusy):
-		res.Outcome = OutcomeRefused
-	case errors.Is(err, ErrNotDone):
-		res.Outcome = OutcomeNotDone
-	default:
-		res.Outcome = OutcomeFailed
-	}
-	if err != nil {
-		res.Detail = err.Error()
-	}
-	if aerr := a.audit(AuditEntry{Time: start, Verb: VerbExec, Domain: domain, Command: res.Command,
-		Outcome: res.Outcome, Duration: res.Duration, Detail: res.Detail}); aerr != nil {
-		err = errors.Join(err, aerr)
-	}
-	if err != nil {
-		return res, fmt.Errorf("exec %s: %w", name(domain), err)
-	}
-	return res, nil
+	return res, err
 }
 
 func (a *Actor) exec(ctx context.Context, domain string, argv []string, wait bool, res *ExecResult) error {
-	if err := a.pol.checkDomain(domain); err != nil {
-		return err
-	}
-	if err := a.pol.checkCommand(argv); err != nil {
-		return err
-	}
 	if a.opts.DryRun {
 		res.Detail = "would run " + res.Command
 		return nil
 	}
-	lock, err := lockDomain(ctx, a.pol.StateDir, domain, a.pol.LockWait, a.me(VerbExec))
-	if err != nil {
-		return err
-	}
-	defer lock.unlock()
-
 	ctx, cancel := context.WithTimeout(ctx, a.pol.ExecTimeout)
 	defer cancel()
 	args := map[string]any{"path": argv[0], "arg": argv[1:], "capture-output": wait}

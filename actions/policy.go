@@ -1,7 +1,6 @@
 package actions
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -18,6 +17,13 @@ const (
 	DefaultHealthTimeout = 60 * time.Second
 	DefaultExecTimeout   = 30 * time.Second
 	DefaultLockWait      = 10 * time.Second
+	// DefaultMinHealthyPercent: below this share of healthy other servers, a failure is the
+	// backend's, not the guest's, and restarting guests would only add to it.
+	DefaultMinHealthyPercent = 50
+	// DefaultMaxConcurrent restarts may run at once on one hypervisor.
+	DefaultMaxConcurrent = 2
+	// DefaultMaxRestartsPerHour restarts of one domain (ours and its own) put it in quarantine.
+	DefaultMaxRestartsPerHour = 3
 )
 
 // Gentle modes: how shutdown and reboot ask the guest. libvirt's own default prefers the guest
@@ -40,9 +46,20 @@ type Policy struct {
 	// holds anything but [A-Za-z0-9_@%+=:,./-] single-quoted shell-style ('it'\''s'), an empty one as ''.
 	// Nothing is run through a shell: the quoting only makes the matched text unambiguous.
 	AllowCommands []string
+	// AllowBackends is a regular expression matched against the whole backend name, for pool changes
+	// of servers that belong to no guest of this hypervisor. Empty: such servers are refused.
+	AllowBackends string
 	// MaxForcedPerHour bounds forced actions (reset, destroy, destroy+start) per domain in any rolling
 	// hour, across processes. 0 forbids forced actions altogether.
 	MaxForcedPerHour int
+	// MaxRestartsPerHour restarts of one domain in a rolling hour (ours, starts, and the guest's own
+	// reboots) put it in quarantine: no action until released. 0: DefaultMaxRestartsPerHour.
+	MaxRestartsPerHour int
+	// MinHealthyPercent: a restart is held while fewer than this share of the other servers of the
+	// guest's haproxy backend are UP. 0: DefaultMinHealthyPercent; -1: no storm guard.
+	MinHealthyPercent int
+	// MaxConcurrent restarts may run at once on this hypervisor. 0: DefaultMaxConcurrent.
+	MaxConcurrent int
 	// StateDir holds the per-domain lock files and forced-action counters; it is created if missing.
 	StateDir string
 	// AuditLog is the file that gets one JSON line per attempted action.
@@ -73,6 +90,7 @@ func (e *FieldError) Error() string { return fmt.Sprintf("actions policy: %s: %s
 type compiled struct {
 	Policy
 	domains  *regexp.Regexp
+	backends *regexp.Regexp
 	commands []*regexp.Regexp
 }
 
@@ -94,6 +112,15 @@ func (p Policy) withDefaults() Policy {
 	def(&p.HealthTimeout, DefaultHealthTimeout)
 	def(&p.ExecTimeout, DefaultExecTimeout)
 	def(&p.LockWait, DefaultLockWait)
+	if p.MaxRestartsPerHour == 0 {
+		p.MaxRestartsPerHour = DefaultMaxRestartsPerHour
+	}
+	if p.MinHealthyPercent == 0 {
+		p.MinHealthyPercent = DefaultMinHealthyPercent
+	}
+	if p.MaxConcurrent == 0 {
+		p.MaxConcurrent = DefaultMaxConcurrent
+	}
 	if p.GentleMode == "" {
 		p.GentleMode = ModeACPI
 	}
@@ -121,8 +148,24 @@ func (p Policy) compile() (*compiled, error) {
 		return nil, &FieldError{"GentleMode", fmt.Sprintf("must be %q, %q, %q or %q, got %q",
 			ModeACPI, ModeAgent, ModeAgentACPI, ModeDefault, p.GentleMode)}
 	}
-	if p.MaxForcedPerHour < 0 {
-		return nil, &FieldError{"MaxForcedPerHour", fmt.Sprintf("must be 0 or more, got %d", p.MaxForcedPerHour)}
+	for _, n := range []struct {
+		name   string
+		v, min int
+	}{{"MaxForcedPerHour", p.MaxForcedPerHour, 0}, {"MaxRestartsPerHour", p.MaxRestartsPerHour, 1},
+		{"MinHealthyPercent", p.MinHealthyPercent, -1}, {"MaxConcurrent", p.MaxConcurrent, 1}} {
+		if n.v < n.min {
+			return nil, &FieldError{n.name, fmt.Sprintf("must be %d or more, got %d", n.min, n.v)}
+		}
+	}
+	if p.MinHealthyPercent > 100 {
+		return nil, &FieldError{"MinHealthyPercent", fmt.Sprintf("must be at most 100, got %d", p.MinHealthyPercent)}
+	}
+	if p.AllowBackends != "" {
+		re, err := regexp.Compile(`^(?:` + p.AllowBackends + `)$`)
+		if err != nil {
+			return nil, &FieldError{"AllowBackends", fmt.Sprintf("invalid regular expression: %v", err)}
+		}
+		c.backends = re
 	}
 	if p.AllowDomains != "" {
 		re, err := regexp.Compile(`^(?:` + p.AllowDomains + `)$`)
@@ -164,9 +207,6 @@ func (p Policy) compile() (*compiled, error) {
 	return c, nil
 }
 
-// ErrRefused is wrapped by every policy refusal so callers can tell "not allowed" from "failed".
-var ErrRefused = errors.New("refused by policy")
-
 // checkDomain refuses disabled actions and domains outside AllowDomains.
 func (c *compiled) checkDomain(domain string) error {
 	if !c.Enable {
@@ -177,6 +217,21 @@ func (c *compiled) checkDomain(domain string) error {
 	}
 	if !c.domains.MatchString(domain) {
 		return fmt.Errorf("%w: domain %q does not match AllowDomains %q", ErrRefused, domain, c.AllowDomains)
+	}
+	return nil
+}
+
+// checkBackend refuses pool changes of a server that belongs to no guest unless its backend
+// matches AllowBackends.
+func (c *compiled) checkBackend(backend string) error {
+	if !c.Enable {
+		return fmt.Errorf("%w: actions are disabled (Enable is off)", ErrRefused)
+	}
+	if c.backends == nil {
+		return fmt.Errorf("%w: backend %q: the server belongs to no guest of this hypervisor and AllowBackends is empty", ErrRefused, backend)
+	}
+	if !c.backends.MatchString(backend) {
+		return fmt.Errorf("%w: backend %q does not match AllowBackends %q", ErrRefused, backend, c.AllowBackends)
 	}
 	return nil
 }

@@ -2,61 +2,56 @@ package actions
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 )
 
-// PoolSet changes an haproxy server's admin state (ready, drain, maint) as an audited action:
-// refused unless Enable, serialised per server like domains are, one audit line per attempt with the
-// verb "pool-<state>" and "backend/server" in the domain field. Used by haproxy.server.set and the
-// CLI verb pool; recover drives the pool itself.
-func (a *Actor) PoolSet(ctx context.Context, backend, server, state string) error {
-	start := time.Now()
-	target := backend + "/" + server
-	err := a.poolSet(ctx, backend, server, state)
-	out := OutcomeDone
-	switch {
-	case err == nil && a.opts.DryRun:
-		out = OutcomeDryRun
-	case errors.Is(err, ErrRefused), errors.Is(err, ErrBusy):
-		out = OutcomeRefused
-	case err != nil:
-		out = OutcomeFailed
-	}
-	detail := ""
-	if err != nil {
-		detail = err.Error()
-	}
-	if aerr := a.audit(AuditEntry{Time: start, Verb: "pool-" + state, Domain: target, Outcome: out,
-		Duration: Seconds(time.Since(start)), Detail: detail}); aerr != nil {
-		err = errors.Join(err, aerr)
-	}
-	if err != nil {
-		return fmt.Errorf("pool %s %s: %w", target, state, err)
-	}
-	return nil
+// PoolResult is the outcome of a pool change.
+type PoolResult struct {
+	Backend  string  `json:"backend"`
+	Server   string  `json:"server"`
+	State    string  `json:"state"`
+	Domain   string  `json:"domain,omitempty"` // the guest behind the server, when there is one
+	Outcome  Outcome `json:"outcome"`
+	Done     bool    `json:"done"`
+	Detail   string  `json:"detail,omitempty"`
+	Duration Seconds `json:"duration_s"`
+	DryRun   bool    `json:"dry_run,omitempty"`
 }
 
-func (a *Actor) poolSet(ctx context.Context, backend, server, state string) error {
-	if !a.pol.Enable {
-		return fmt.Errorf("%w: actions are disabled (Enable is off)", ErrRefused)
-	}
-	switch state {
-	case "ready", "drain", "maint":
-	default:
-		return fmt.Errorf("%w: state %q is not ready, drain or maint", ErrRefused, state)
+// PoolSet changes an haproxy server's admin state (ready, drain, maint) under the same policy as
+// every action on its guest: the guest (Options.Owner) must match AllowDomains, its lock is taken,
+// a hold or quarantine refuses "ready" (taking a server out stays allowed), and the audit log names
+// the guest. A server that belongs to no guest of this hypervisor needs its backend in AllowBackends.
+func (a *Actor) PoolSet(ctx context.Context, backend, server, state string) (PoolResult, error) {
+	start := time.Now()
+	res := PoolResult{Backend: backend, Server: server, State: state, DryRun: a.opts.DryRun}
+	if state != "ready" && state != "drain" && state != "maint" {
+		err := fmt.Errorf("%w: state %q is not ready, drain or maint", ErrRefused, state)
+		res.Outcome, res.Detail = OutcomeRefused, err.Error()
+		return res, fmt.Errorf("pool %s/%s %s: %w", backend, server, state, err)
 	}
 	if a.opts.Pool == nil {
-		return errors.New("no haproxy runtime API configured")
+		err := fmt.Errorf("no haproxy runtime API configured (Plugins.KVM.HAProxy.Socket)")
+		res.Outcome, res.Detail = OutcomeFailed, err.Error()
+		return res, err
 	}
-	if a.opts.DryRun {
-		return nil
+	tgt := target{command: fmt.Sprintf("%s/%s %s", backend, server, state), takesOut: state != "ready", backend: backend, server: server}
+	domain := ""
+	if a.opts.Owner != nil {
+		if d, ok := a.opts.Owner(ctx, backend, server); ok {
+			domain = d
+		}
 	}
-	lock, err := lockDomain(ctx, a.pol.StateDir, "haproxy/"+backend+"/"+server, a.pol.LockWait, a.me("pool-"+state))
-	if err != nil {
-		return err
-	}
-	defer lock.unlock()
-	return a.opts.Pool.SetServerState(ctx, backend, server, state)
+	err := a.run(ctx, VerbPool, domain, tgt, &res.Outcome, &res.Detail, func(j *job) error {
+		res.Domain = j.domain
+		if a.opts.DryRun {
+			res.Detail = fmt.Sprintf("would set haproxy %s/%s to %s", backend, server, state)
+			return nil
+		}
+		return a.opts.Pool.SetServerState(ctx, backend, server, state)
+	})
+	res.Duration = Seconds(time.Since(start))
+	res.Done = res.Outcome == OutcomeDone
+	return res, err
 }

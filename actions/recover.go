@@ -10,12 +10,14 @@ import (
 	"libvirt.org/go/libvirt"
 
 	"zabbix-agent2-plugin-kvm/kvm"
+	"zabbix-agent2-plugin-kvm/kvm/guest"
 )
 
-// Recover steps, in ladder order.
+// Ladder steps, in the order recover may take them.
 const (
 	StepCheck        = "check"         // one health probe before anything is changed
 	StepDrain        = "drain"         // haproxy server → drain
+	StepStart        = "start"         // start a crashed (or our own destroyed) domain
 	StepReboot       = "reboot"        // gentle reboot (GentleMode)
 	StepReset        = "reset"         // forced reset, counts against MaxForcedPerHour
 	StepDestroyStart = "destroy_start" // destroy (if running) + start, counts as one forced action
@@ -23,19 +25,17 @@ const (
 	StepReady        = "ready"         // haproxy server → ready
 )
 
-// Step is one rung of the ladder as it happened (or, in a dry run, would happen).
+// Step is one step as it happened (or, in a dry run, would happen).
 type Step struct {
 	Step     string  `json:"step"`
-	Outcome  string  `json:"outcome"` // done, not_done, failed, refused, skipped, dry_run
+	Outcome  Outcome `json:"outcome"`
 	Detail   string  `json:"detail,omitempty"`
 	Duration Seconds `json:"duration_s"`
 }
 
-// OutcomeSkipped marks a step that did not apply (no pool configured, domain not running, …).
-const OutcomeSkipped = "skipped"
-
-// Report is recover's JSON answer.
+// Report is the JSON answer of recover and forced-restart.
 type Report struct {
+	Verb     Verb    `json:"verb"`
 	Domain   string  `json:"domain"`
 	Backend  string  `json:"backend,omitempty"`
 	Server   string  `json:"server,omitempty"`
@@ -46,7 +46,7 @@ type Report struct {
 	Steps    []Step  `json:"steps"`
 	Exit     string  `json:"exit,omitempty"` // the step after which health came back, or "already_healthy"
 	Healthy  bool    `json:"healthy"`
-	Outcome  string  `json:"outcome"`
+	Outcome  Outcome `json:"outcome"`
 	Detail   string  `json:"detail,omitempty"`
 	Duration Seconds `json:"duration_s"`
 }
@@ -57,163 +57,239 @@ const ExitAlreadyHealthy = "already_healthy"
 // healthProbeStep is how often Health is polled while waiting.
 const healthProbeStep = 500 * time.Millisecond
 
-// Recover runs the ladder on domain: check → drain → gentle reboot → wait → reset → wait →
-// destroy+start → wait → ready, stopping at the first step after which Health passes. backend and
-// server name the guest's haproxy server (both empty: no pool steps).
-//
-// Deliberate stops are respected: a domain shut off with reason "shutdown", "destroyed", "saved",
-// "unknown", … or paused by a user is never started or resumed; only "crashed"/"failed" shut-offs,
-// the crashed state, and a shut-off that an earlier recover itself caused (recorded in StateDir) are
-// started. A forced step refused by the rate limit ends the ladder with ErrRefused, so the caller
-// (a Zabbix Action) escalates to a human. The error is nil only when the guest is healthy at the end.
-func (a *Actor) Recover(ctx context.Context, domain, backend, server string) (Report, error) {
-	start := time.Now()
-	rep := Report{Domain: domain, Backend: backend, Server: server, Caller: a.opts.Caller, DryRun: a.opts.DryRun, Steps: []Step{}}
-	err := a.recover(ctx, domain, backend, server, &rep)
-	rep.Duration = Seconds(time.Since(start))
-	switch {
-	case err == nil && a.opts.DryRun:
-		rep.Outcome = OutcomeDryRun
-	case err == nil:
-		rep.Outcome = OutcomeDone
-	case errors.Is(err, ErrRefused), errors.Is(err, ErrBusy):
-		rep.Outcome = OutcomeRefused
-	case errors.Is(err, ErrNotDone):
-		rep.Outcome = OutcomeNotDone
-	default:
-		rep.Outcome = OutcomeFailed
-	}
-	if err != nil && rep.Detail == "" {
-		rep.Detail = err.Error()
-	}
-	var sum []string
-	for _, s := range rep.Steps {
-		sum = append(sum, s.Step+":"+s.Outcome)
-	}
-	detail := strings.Join(append(sum, rep.Detail), "; ")
-	if len(sum) > 0 {
-		detail = strings.Join(sum, " ") + "; " + rep.Detail
-	}
-	detail = strings.TrimSuffix(detail, "; ")
-	if aerr := a.audit(AuditEntry{Time: start, Verb: VerbRecover, Domain: domain, Outcome: rep.Outcome,
-		Duration: rep.Duration, Detail: detail}); aerr != nil {
-		err = errors.Join(err, aerr)
-	}
-	if err != nil {
-		return rep, fmt.Errorf("recover %s: %w", name(domain), err)
-	}
-	return rep, nil
-}
-
-// ladder state shared by the steps of one run.
-type run struct {
-	a       *Actor
-	ctx     context.Context
-	domain  string
-	rep     *Report
-	backend string
-	server  string
-}
-
-// step times fn and appends its outcome; fn returns the detail and an error classified like Do's.
-func (r *run) step(name string, fn func() (string, error)) error {
+// step times fn and appends its outcome; in a dry run fn describes what it would do.
+func (rep *Report) step(name string, dryRun bool, fn func() (string, error)) error {
 	t0 := time.Now()
 	detail, err := fn()
-	s := Step{Step: name, Detail: detail, Duration: Seconds(time.Since(t0))}
-	switch {
-	case err == nil:
-		s.Outcome = OutcomeDone
-	case errors.Is(err, errSkipped):
-		s.Outcome = OutcomeSkipped
-	case errors.Is(err, ErrRefused), errors.Is(err, ErrBusy):
-		s.Outcome = OutcomeRefused
-	case errors.Is(err, ErrNotDone):
-		s.Outcome = OutcomeNotDone
-	default:
-		s.Outcome = OutcomeFailed
+	s := Step{Step: name, Outcome: classify(err, dryRun), Detail: detail, Duration: Seconds(time.Since(t0))}
+	if err != nil {
+		s.Detail = joinNonEmpty(detail, strings.TrimPrefix(err.Error(), errSkipped.Error()+": "))
 	}
-	if err != nil && !errors.Is(err, errSkipped) {
-		if s.Detail != "" {
-			s.Detail += ": "
-		}
-		s.Detail += err.Error()
-	} else if err != nil && s.Detail == "" {
-		s.Detail = strings.TrimPrefix(err.Error(), errSkipped.Error()+": ")
-	}
-	r.rep.Steps = append(r.rep.Steps, s)
+	rep.Steps = append(rep.Steps, s)
 	return err
 }
 
-var errSkipped = errors.New("skipped")
-
-// startable says whether recover may start a domain in state s; the reason is part of the answer.
-func startable(s State, ownDestroy bool) (bool, string) {
-	switch {
-	case s.State == "crashed":
-		return true, "domain crashed"
-	case s.State == "shutoff" && (s.Reason == "crashed" || s.Reason == "failed"):
-		return true, "domain is " + s.String()
-	case s.State == "shutoff" && ownDestroy:
-		return true, "an earlier recover destroyed it and did not start it again"
-	case s.State == "shutoff":
-		return false, fmt.Sprintf("domain is %s: stopped on purpose (or for an unknown reason); recover never starts it", s)
+func (rep *Report) summary() string {
+	var sum []string
+	for _, s := range rep.Steps {
+		sum = append(sum, s.Step+":"+string(s.Outcome))
 	}
-	return false, ""
+	return joinNonEmpty(strings.Join(sum, " "), rep.Detail)
 }
 
-func (a *Actor) recover(ctx context.Context, domain, backend, server string, rep *Report) error {
-	if err := a.pol.checkDomain(domain); err != nil {
-		return err
-	}
-	if (backend == "") != (server == "") {
-		return fmt.Errorf("%w: haproxy backend and server must be given together (got %q, %q)", ErrRefused, backend, server)
-	}
-	if !a.opts.DryRun {
-		lock, err := lockDomain(ctx, a.pol.StateDir, domain, a.pol.LockWait, a.me(VerbRecover))
+// report runs body as verb on domain in the action frame and fills the report around it.
+func (a *Actor) report(ctx context.Context, verb Verb, domain string, rep *Report, body func(*job) error) (Report, error) {
+	start := time.Now()
+	rep.Verb, rep.Domain, rep.Caller, rep.DryRun, rep.Steps = verb, domain, a.opts.Caller, a.opts.DryRun, []Step{}
+	var detail string
+	err := a.run(ctx, verb, domain, target{}, &rep.Outcome, &detail, func(j *job) error {
+		rep.Domain = j.domain
+		before, err := a.state(ctx, j.domain)
 		if err != nil {
 			return err
 		}
-		defer lock.unlock()
-	}
-	r := &run{a: a, ctx: ctx, domain: domain, rep: rep, backend: backend, server: server}
-	before, err := a.state(ctx, domain)
-	if err != nil {
-		return err
-	}
-	rep.Before, rep.After = before, before
-	defer func() {
-		if st, err := a.state(context.WithoutCancel(ctx), domain); err == nil {
-			rep.After = st
-		}
-	}()
-	ds, err := loadState(a.pol.StateDir, domain)
-	if err != nil {
-		return err
-	}
-
-	// Which rungs apply depends on the state now.
-	gentleOK, resetOK := true, true
-	switch {
-	case before.State == "running" || before.State == "blocked":
-	case before.State == "paused" && before.Reason == "user":
-		return fmt.Errorf("%w: domain is %s: suspended by an operator; recover never resumes it", ErrRefused, before)
-	case before.State == "paused":
-		gentleOK, resetOK = false, false // a paused guest executes nothing; only destroy+start helps
-	default:
-		ok, why := startable(before, ds.RecoverDestroyed != nil)
-		if !ok {
-			if why == "" {
-				why = fmt.Sprintf("domain is %s: recover does not handle this state", before)
+		rep.Before, rep.After = before, before
+		defer func() {
+			if st, err := a.state(context.WithoutCancel(ctx), j.domain); err == nil {
+				rep.After = st
 			}
-			return fmt.Errorf("%w: %s", ErrRefused, why)
+		}()
+		err = body(j)
+		rep.Detail = detail
+		if err != nil {
+			rep.Detail = err.Error()
 		}
-		gentleOK, resetOK = false, false
+		// the audit line's detail lists every step
+		detail = rep.summary()
+		return err
+	})
+	if err != nil && rep.Detail == "" {
+		rep.Detail = detail
 	}
+	rep.Duration = Seconds(time.Since(start))
+	return *rep, err
+}
 
-	if active(before) {
+// ForcedRestart is the ladder's forced step. A running guest is reset; when its QEMU monitor has
+// been stuck for more than 3 s (a hung QEMU, where a reset would wait ForcedTimeout and fail) or
+// the reset fails, it is destroyed and started instead. A crashed guest is started; one shut off on
+// purpose is not (mayStart). Each forced call counts against MaxForcedPerHour; a dry run prints
+// exactly the steps a real run would take now.
+func (a *Actor) ForcedRestart(ctx context.Context, domain string) (Report, error) {
+	var rep Report
+	return a.report(ctx, VerbForcedRestart, domain, &rep, func(j *job) error {
+		ds, err := j.dir.ReadDomain(j.domain)
+		if err != nil {
+			return err
+		}
+		before := rep.Before
+		switch {
+		case before.State == guest.Paused && before.Reason == guest.PausedUser:
+			return fmt.Errorf("%w: domain is %s: paused by an operator; the ladder never resumes it", ErrHeld, before)
+		case before.Off() || before.State == guest.Crashed:
+			ok, why := mayStart(before, ds)
+			if !ok {
+				return fmt.Errorf("%w: %s", ErrHeld, why)
+			}
+			return rep.step(StepStart, a.opts.DryRun, func() (string, error) { return j.startForced(why) })
+		case !before.Active():
+			return fmt.Errorf("%w: domain is %s: the forced step does not handle this state", ErrHeld, before)
+		}
+		if stuck, since, err := a.conn.MonitorStuck(ctx, j.domain, 3*time.Second); err == nil && stuck {
+			why := fmt.Sprintf("QEMU monitor occupied for %s: QEMU is hung, a reset would wait on it", since.Round(time.Second))
+			_ = rep.step(StepReset, false, func() (string, error) { return "", fmt.Errorf("%w: %s", errSkipped, why) })
+			return rep.step(StepDestroyStart, a.opts.DryRun, j.destroyStart)
+		}
+		err = rep.step(StepReset, a.opts.DryRun, func() (string, error) {
+			if a.opts.DryRun {
+				return "would reset; if the reset fails, destroy and start", j.forcedAllowed()
+			}
+			detail, err := a.reset(ctx, j.domain, before, j.countForced)
+			if err == nil {
+				detail = joinNonEmpty(detail, j.restarted("reset"))
+			}
+			return detail, err
+		})
+		if err == nil || a.opts.DryRun || errors.Is(err, ErrRefused) {
+			return err
+		}
+		return rep.step(StepDestroyStart, false, j.destroyStart)
+	})
+}
+
+// forcedAllowed is the rate limit's answer now, for a dry run.
+func (j *job) forcedAllowed() error {
+	ds, err := j.dir.ReadDomain(j.domain)
+	if err != nil {
+		return err
+	}
+	return checkForced(ds, j.a.opts.Clock.Now(), j.a.pol.MaxForcedPerHour)
+}
+
+// startForced starts a crashed domain (or one our own step destroyed): a forced action.
+func (j *job) startForced(why string) (string, error) {
+	a := j.a
+	if a.opts.DryRun {
+		return "would start: " + why, j.forcedAllowed()
+	}
+	if err := j.countForced(); err != nil {
+		return "", err
+	}
+	detail, err := a.start(j.ctx, j.domain, a.peek(j.ctx, j.domain))
+	if err != nil {
+		return why, err
+	}
+	return joinNonEmpty(why, detail, j.clearOwnDestroy(), j.restarted("start")), nil
+}
+
+func (j *job) clearOwnDestroy() string {
+	if err := j.setOwnDestroy(false); err != nil {
+		return "own-destroy marker not cleared: " + err.Error()
+	}
+	return ""
+}
+
+// destroyStart is one forced action: destroy when active, then start. The marker in StateDir lets a
+// later step finish the job if this process dies between the two.
+func (j *job) destroyStart() (string, error) {
+	a, ctx := j.a, j.ctx
+	if a.opts.DryRun {
+		return "would destroy and start", j.forcedAllowed()
+	}
+	if err := j.countForced(); err != nil {
+		return "", err
+	}
+	var parts []string
+	if st := a.peek(ctx, j.domain); !st.Off() {
+		if err := j.setOwnDestroy(true); err != nil {
+			return "", err
+		}
+		d, err := a.destroyNow(ctx, j.domain)
+		if err != nil {
+			return "", err
+		}
+		parts = append(parts, d)
+	}
+	d, err := a.start(ctx, j.domain, a.peek(ctx, j.domain))
+	if err != nil {
+		return strings.Join(parts, "; "), err
+	}
+	parts = append(parts, d, j.clearOwnDestroy(), j.restarted("destroy+start"))
+	return joinNonEmpty(parts...), nil
+}
+
+// Recover runs the whole ladder on domain: check → drain → reboot → wait → reset → wait →
+// destroy+start → wait → ready, stopping at the first rung after which Health passes. The
+// guest's haproxy server comes from Options.Member. A domain stopped on purpose or paused by an
+// operator is refused (mayStart); a forced rung refused by the rate limit ends the ladder, so the
+// caller (a Zabbix Action) escalates to a human. The error is nil only when the guest is healthy at
+// the end; on failure the server stays drained.
+func (a *Actor) Recover(ctx context.Context, domain string) (Report, error) {
+	var rep Report
+	return a.report(ctx, VerbRecover, domain, &rep, func(j *job) error {
+		rungs, err := j.recoverGate(&rep)
+		if err != nil || rep.Healthy {
+			return err
+		}
+		if a.opts.DryRun {
+			return j.recoverPlan(&rep, rungs)
+		}
+		return j.ladder(&rep, rungs)
+	})
+}
+
+// rung is one repair recover may try.
+type rung struct {
+	step string
+	do   func() (string, error)
+}
+
+// recoverGate decides which rungs apply to the domain's state, refuses what it must not touch,
+// and probes health once: a healthy guest is left alone.
+func (j *job) recoverGate(rep *Report) ([]rung, error) {
+	a, ctx := j.a, j.ctx
+	if a.opts.Member != nil {
+		if b, s, ok := a.opts.Member(ctx, j.domain); ok {
+			rep.Backend, rep.Server = b, s
+		}
+	}
+	ds, err := j.dir.ReadDomain(j.domain)
+	if err != nil {
+		return nil, err
+	}
+	before := rep.Before
+	// each rung, its state read included, is bounded by its own deadline
+	within := func(d time.Duration, verb func(context.Context, State) (string, error)) func() (string, error) {
+		return func() (string, error) {
+			c, cancel := context.WithTimeout(ctx, d)
+			defer cancel()
+			st, err := a.state(c, j.domain)
+			if err != nil {
+				return "", fmt.Errorf("read state: %w", err)
+			}
+			return verb(c, st)
+		}
+	}
+	reboot := rung{StepReboot, within(a.pol.GentleTimeout, func(c context.Context, st State) (string, error) {
+		d, err := a.reboot(c, j.domain, st)
+		if err == nil {
+			d = joinNonEmpty(d, j.restarted("reboot"))
+		}
+		return d, err
+	})}
+	reset := rung{StepReset, within(a.pol.ForcedTimeout, func(c context.Context, st State) (string, error) {
+		d, err := a.reset(c, j.domain, st, j.countForced)
+		if err == nil {
+			d = joinNonEmpty(d, j.restarted("reset"))
+		}
+		return d, err
+	})}
+	destroyStart := rung{StepDestroyStart, j.destroyStart}
+	switch {
+	case before.State == guest.Running || before.State == guest.Blocked:
 		var healthy bool
-		_ = r.step(StepCheck, func() (string, error) {
-			ok, detail := r.probe()
+		_ = rep.step(StepCheck, false, func() (string, error) {
+			ok, detail := j.probe()
 			if healthy = ok; ok {
 				return detail, nil
 			}
@@ -221,192 +297,128 @@ func (a *Actor) recover(ctx context.Context, domain, backend, server string, rep
 		})
 		if healthy {
 			rep.Exit, rep.Healthy = ExitAlreadyHealthy, true
-			return nil
+			return nil, nil
+		}
+		return []rung{reboot, reset, destroyStart}, nil
+	case before.State == guest.Paused && before.Reason == guest.PausedUser:
+		return nil, fmt.Errorf("%w: domain is %s: paused by an operator; recover never resumes it", ErrHeld, before)
+	case before.State == guest.Paused:
+		return []rung{destroyStart}, nil // a paused guest executes nothing; only destroy+start helps
+	}
+	ok, why := mayStart(before, ds)
+	if !ok {
+		if why == "" {
+			why = fmt.Sprintf("domain is %s: recover does not handle this state", before)
+		}
+		return nil, fmt.Errorf("%w: %s", ErrHeld, why)
+	}
+	return []rung{{StepStart, func() (string, error) { return j.startForced(why) }}}, nil
+}
+
+// recoverPlan lists, changing nothing, the steps a real run would take now, with the rate limit's
+// answer for the forced ones.
+func (j *job) recoverPlan(rep *Report, rungs []rung) error {
+	a := j.a
+	forced := "allowed now"
+	if err := j.forcedAllowed(); err != nil {
+		forced = err.Error()
+	}
+	add := func(step, detail string) {
+		rep.Steps = append(rep.Steps, Step{Step: step, Outcome: OutcomeDryRun, Detail: "would " + detail})
+	}
+	if rep.Backend != "" && a.opts.Pool != nil {
+		add(StepDrain, fmt.Sprintf("set haproxy %s/%s to drain", rep.Backend, rep.Server))
+	}
+	for _, r := range rungs {
+		switch r.step {
+		case StepReboot:
+			add(r.step, fmt.Sprintf("reboot gently (mode %s), wait up to %s for the guest's reset, then up to %s for health",
+				a.pol.GentleMode, a.pol.GentleTimeout, a.pol.HealthTimeout))
+		case StepReset:
+			add(r.step, fmt.Sprintf("reset (forced: %s), then wait up to %s for health", forced, a.pol.HealthTimeout))
+		case StepDestroyStart:
+			add(r.step, fmt.Sprintf("destroy and start (forced: %s), then wait up to %s for health", forced, a.pol.HealthTimeout))
+		case StepStart:
+			add(r.step, fmt.Sprintf("start (forced: %s), then wait up to %s for health", forced, a.pol.HealthTimeout))
 		}
 	}
+	if rep.Backend != "" && a.opts.Pool != nil {
+		add(StepReady, fmt.Sprintf("set haproxy %s/%s to ready once healthy", rep.Backend, rep.Server))
+	}
+	return nil
+}
 
-	if a.opts.DryRun {
-		return r.plan(gentleOK, resetOK)
-	}
-
-	_ = r.step(StepDrain, func() (string, error) { return r.pool("drain") })
-
-	type rung struct {
-		name string
-		ok   bool
-		do   func() (string, error)
-	}
-	// Each rung, its state read included, is bounded by its own deadline.
-	within := func(d time.Duration, verb func(context.Context, string, State) (string, error)) func() (string, error) {
-		return func() (string, error) {
-			c, cancel := context.WithTimeout(ctx, d)
-			defer cancel()
-			st, err := a.state(c, domain)
-			if err != nil {
-				return "", fmt.Errorf("read state: %w", err)
-			}
-			return verb(c, domain, st)
-		}
-	}
-	rungs := []rung{
-		{StepReboot, gentleOK, within(a.pol.GentleTimeout, a.reboot)},
-		{StepReset, resetOK, within(a.pol.ForcedTimeout, a.reset)},
-		{StepDestroyStart, true, r.destroyStart},
-	}
+// ladder takes the rungs in order until health comes back.
+func (j *job) ladder(rep *Report, rungs []rung) error {
+	_ = rep.step(StepDrain, false, func() (string, error) { return j.pool(rep, "drain") })
 	var last error
-	for _, g := range rungs {
-		if !g.ok {
-			_ = r.step(g.name, func() (string, error) {
-				return "", fmt.Errorf("%w: not applicable to a domain that was %s", errSkipped, before)
-			})
-			continue
-		}
-		err := r.step(g.name, g.do)
+	for _, r := range rungs {
+		err := rep.step(r.step, false, r.do)
 		if errors.Is(err, ErrRefused) {
 			return err // rate limit: a human must decide now
 		}
 		if err != nil {
-			last = err
-			// an ignored or failed rung cannot have brought health back: do not wait for it
+			last = err // an ignored or failed rung cannot have brought health back: do not wait for it
 			continue
 		}
-		if r.waitHealth() == nil {
-			rep.Exit, rep.Healthy = g.name, true
-			_ = r.step(StepReady, func() (string, error) { return r.pool("ready") })
+		if j.waitHealth(rep) == nil {
+			rep.Exit, rep.Healthy = r.step, true
+			_ = rep.step(StepReady, false, func() (string, error) { return j.pool(rep, "ready") })
 			return nil
 		}
-		last = fmt.Errorf("%w: unhealthy after %s", ErrNotDone, g.name)
+		last = fmt.Errorf("%w: unhealthy after %s", ErrNotDone, r.step)
 	}
 	return fmt.Errorf("%w: every rung tried, guest still unhealthy (last: %v); it stays drained", ErrNotDone, last)
 }
 
-// now re-reads the state so each rung acts on what is true at that moment.
-func (r *run) now() State {
-	st, err := r.a.state(r.ctx, r.domain)
-	if err != nil {
-		return State{}
-	}
-	return st
-}
-
-// probe runs one Health check bounded by HealthTimeout.
-func (r *run) probe() (bool, string) {
-	ctx, cancel := context.WithTimeout(r.ctx, min(r.a.pol.HealthTimeout, 10*time.Second))
+// probe runs one Health check bounded by HealthTimeout (at most 10 s).
+func (j *job) probe() (bool, string) {
+	ctx, cancel := context.WithTimeout(j.ctx, min(j.a.pol.HealthTimeout, 10*time.Second))
 	defer cancel()
-	return r.a.opts.Health(ctx, r.domain)
+	return j.a.opts.Health(ctx, j.domain)
 }
 
-func (r *run) waitHealth() error {
-	return r.step(StepWaitHealth, func() (string, error) {
-		deadline := time.Now().Add(r.a.pol.HealthTimeout)
+func (j *job) waitHealth(rep *Report) error {
+	return rep.step(StepWaitHealth, false, func() (string, error) {
+		deadline := time.Now().Add(j.a.pol.HealthTimeout)
 		var detail string
-		probes := 0
-		for {
-			ctx, cancel := context.WithDeadline(r.ctx, deadline)
-			ok, d := r.a.opts.Health(ctx, r.domain)
+		for probes := 1; ; probes++ {
+			ctx, cancel := context.WithDeadline(j.ctx, deadline)
+			ok, d := j.a.opts.Health(ctx, j.domain)
 			cancel()
-			probes++
 			detail = d
 			if ok {
 				return fmt.Sprintf("healthy after %d probes: %s", probes, detail), nil
 			}
-			if time.Now().After(deadline) || r.ctx.Err() != nil {
-				return "", fmt.Errorf("%w: not healthy within %s (%d probes, last: %s)", ErrNotDone, r.a.pol.HealthTimeout, probes, detail)
+			if time.Now().After(deadline) || j.ctx.Err() != nil {
+				return "", fmt.Errorf("%w: not healthy within %s (%d probes, last: %s)", ErrNotDone, j.a.pol.HealthTimeout, probes, detail)
 			}
 			select {
-			case <-r.ctx.Done():
+			case <-j.ctx.Done():
 			case <-time.After(healthProbeStep):
 			}
 		}
 	})
 }
 
-func (r *run) pool(state string) (string, error) {
-	if r.backend == "" {
-		return "", fmt.Errorf("%w: no haproxy backend/server given", errSkipped)
+// pool changes the guest's haproxy server within recover, under the domain's lock recover holds.
+func (j *job) pool(rep *Report, state string) (string, error) {
+	if rep.Backend == "" {
+		return "", fmt.Errorf("%w: the domain has no haproxy server", errSkipped)
 	}
-	if r.a.opts.Pool == nil {
+	if j.a.opts.Pool == nil {
 		return "", fmt.Errorf("%w: no haproxy runtime API configured", errSkipped)
 	}
-	ctx, cancel := context.WithTimeout(r.ctx, 10*time.Second)
+	ctx, cancel := context.WithTimeout(j.ctx, 10*time.Second)
 	defer cancel()
-	if err := r.a.opts.Pool.SetServerState(ctx, r.backend, r.server, state); err != nil {
-		return "", fmt.Errorf("haproxy %s/%s → %s: %w", r.backend, r.server, state, err)
+	if err := j.a.opts.Pool.SetServerState(ctx, rep.Backend, rep.Server, state); err != nil {
+		return "", fmt.Errorf("haproxy %s/%s → %s: %w", rep.Backend, rep.Server, state, err)
 	}
-	return fmt.Sprintf("haproxy %s/%s → %s", r.backend, r.server, state), nil
-}
-
-// destroyStart is one forced action: destroy when active, then start. The marker in StateDir lets a
-// later recover finish the job if this process dies between the two.
-func (r *run) destroyStart() (string, error) {
-	a, ctx := r.a, r.ctx
-	if err := a.countForced(r.domain); err != nil {
-		return "", err
-	}
-	var parts []string
-	st := r.now()
-	if !isOff(st) {
-		ds, err := loadState(a.pol.StateDir, r.domain)
-		if err != nil {
-			return "", err
-		}
-		now := time.Now()
-		ds.RecoverDestroyed = &now
-		if err := ds.save(a.pol.StateDir); err != nil {
-			return "", err
-		}
-		d, err := a.destroyNow(ctx, r.domain)
-		if err != nil {
-			return strings.Join(parts, "; "), err
-		}
-		parts = append(parts, d)
-	}
-	d, err := a.start(ctx, r.domain, r.now())
-	if err != nil {
-		return strings.Join(parts, "; "), err
-	}
-	parts = append(parts, d)
-	ds, err := loadState(a.pol.StateDir, r.domain)
-	if err == nil && ds.RecoverDestroyed != nil {
-		ds.RecoverDestroyed = nil
-		err = ds.save(a.pol.StateDir)
-	}
-	return strings.Join(parts, "; "), err
-}
-
-// plan lists, without doing anything, the rungs a real run would try and whether the rate limit
-// would let the forced ones through now.
-func (r *run) plan(gentleOK, resetOK bool) error {
-	add := func(name, detail string, ok bool) {
-		s := Step{Step: name, Outcome: OutcomeDryRun, Detail: "would " + detail}
-		if !ok {
-			s.Outcome, s.Detail = OutcomeSkipped, "not applicable in state "+r.rep.Before.String()
-		}
-		r.rep.Steps = append(r.rep.Steps, s)
-	}
-	ds, err := loadState(r.a.pol.StateDir, r.domain)
-	if err != nil {
-		return err
-	}
-	forced := "allowed now"
-	if err := ds.checkForced(time.Now(), r.a.pol.MaxForcedPerHour); err != nil {
-		forced = err.Error()
-	}
-	if r.backend != "" && r.a.opts.Pool != nil {
-		add(StepDrain, fmt.Sprintf("set haproxy %s/%s to drain", r.backend, r.server), true)
-	}
-	add(StepReboot, fmt.Sprintf("reboot gently (mode %s), wait up to %s for the guest's reset, then up to %s for health",
-		r.a.pol.GentleMode, r.a.pol.GentleTimeout, r.a.pol.HealthTimeout), gentleOK)
-	add(StepReset, fmt.Sprintf("reset (forced: %s), then wait up to %s for health", forced, r.a.pol.HealthTimeout), resetOK)
-	add(StepDestroyStart, fmt.Sprintf("destroy and start (forced: %s), then wait up to %s for health", forced, r.a.pol.HealthTimeout), true)
-	if r.backend != "" && r.a.opts.Pool != nil {
-		add(StepReady, fmt.Sprintf("set haproxy %s/%s to ready once healthy", r.backend, r.server), true)
-	}
-	return nil
+	return fmt.Sprintf("haproxy %s/%s → %s", rep.Backend, rep.Server, state), nil
 }
 
 // AgentHealth is the fallback Health: the guest agent answers guest-ping. It proves the guest OS runs,
-// not that it serves: prefer an HTTP or TCP check where the guest has one.
+// not that it serves: prefer the haproxy check, HTTP or TCP where the guest has one.
 func AgentHealth(conn *kvm.Conn) Health {
 	return func(ctx context.Context, domain string) (bool, string) {
 		timeout := 5 * time.Second

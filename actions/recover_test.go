@@ -10,13 +10,17 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"zabbix-agent2-plugin-kvm/kvm/guest"
+	"zabbix-agent2-plugin-kvm/statedir"
 )
 
 // recordingPool is a fake haproxy runtime API (named as such): the real client is tested in the haproxy
 // package and end to end; here only the order of calls recover makes is under test.
 type recordingPool struct {
-	mu    sync.Mutex
-	calls []string
+	mu      sync.Mutex
+	calls   []string
+	backend map[string]ServerState
 }
 
 func (p *recordingPool) SetServerState(_ context.Context, backend, server, state string) error {
@@ -25,6 +29,19 @@ func (p *recordingPool) SetServerState(_ context.Context, backend, server, state
 	p.calls = append(p.calls, fmt.Sprintf("%s/%s=%s", backend, server, state))
 	return nil
 }
+
+// Backend answers with the states the test set (the storm guard's input).
+func (p *recordingPool) Backend(_ context.Context, backend string) (map[string]ServerState, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.backend == nil { // the other servers serve: the backend is healthy
+		return map[string]ServerState{"test": {Pool: "DOWN"}, "web-02": {Pool: "UP", CheckUp: true}, "web-03": {Pool: "UP", CheckUp: true}}, nil
+	}
+	return p.backend, nil
+}
+
+// webMember puts the test domain into backend web as server test.
+func webMember(context.Context, string) (string, string, bool) { return "web", "test", true }
 
 // restartedHealth stands in for a guest service (the test driver has none): healthy once the domain
 // has been through destroy+start, which libvirt shows as a new domain ID.
@@ -39,7 +56,7 @@ func restartedHealth(t *testing.T, f *fixture) Health {
 func steps(rep Report) []string {
 	var out []string
 	for _, s := range rep.Steps {
-		out = append(out, s.Step+":"+s.Outcome)
+		out = append(out, s.Step+":"+string(s.Outcome))
 	}
 	return out
 }
@@ -47,8 +64,8 @@ func steps(rep Report) []string {
 func TestRecoverAlreadyHealthy(t *testing.T) {
 	f := newFixture(t, nil)
 	pool := &recordingPool{}
-	a := f.actor(t, Options{Pool: pool, Health: func(context.Context, string) (bool, string) { return true, "fake service: ok" }})
-	rep, err := a.Recover(context.Background(), testDomain, "web", "test")
+	a := f.actor(t, Options{Pool: pool, Member: webMember, Health: func(context.Context, string) (bool, string) { return true, "fake service: ok" }})
+	rep, err := a.Recover(context.Background(), testDomain)
 	require.NoError(t, err)
 	assert.Equal(t, ExitAlreadyHealthy, rep.Exit)
 	assert.Equal(t, []string{"check:done"}, steps(rep))
@@ -59,8 +76,8 @@ func TestRecoverLadderToDestroyStart(t *testing.T) {
 	f := newFixture(t, nil)
 	pool := &recordingPool{}
 	id0 := f.domainID(t)
-	a := f.actor(t, Options{Pool: pool, Health: restartedHealth(t, f)})
-	rep, err := a.Recover(context.Background(), testDomain, "web", "test")
+	a := f.actor(t, Options{Pool: pool, Member: webMember, Health: restartedHealth(t, f)})
+	rep, err := a.Recover(context.Background(), testDomain)
 	require.NoError(t, err, "%+v", rep)
 	assert.Equal(t, []string{"check:not_done", "drain:done", "reboot:not_done", "reset:done", "wait_health:not_done",
 		"destroy_start:done", "wait_health:done", "ready:done"}, steps(rep))
@@ -69,17 +86,16 @@ func TestRecoverLadderToDestroyStart(t *testing.T) {
 	assert.Equal(t, OutcomeDone, rep.Outcome)
 	assert.Equal(t, []string{"web/test=drain", "web/test=ready"}, pool.calls)
 	assert.NotEqual(t, id0, f.domainID(t))
-	assert.Equal(t, "running", rep.After.State)
+	assert.Equal(t, guest.Running, rep.After.State)
 	assert.Contains(t, rep.Steps[2].Detail, "no guest reset within", "the ignored gentle reboot says so")
 
-	ds, err := loadState(f.pol.StateDir, testDomain)
-	require.NoError(t, err)
+	ds := f.domainState(t)
 	assert.Len(t, ds.Forced, 2, "reset and destroy+start")
-	assert.Nil(t, ds.RecoverDestroyed, "marker cleared after the start")
+	assert.Nil(t, ds.OwnDestroy, "marker cleared after the start")
 
 	au := readAudit(t, f.audit)
-	require.Len(t, au, 1, "one audit line per recover")
-	assert.Equal(t, VerbRecover, au[0].Verb)
+	require.Len(t, au, 1, "one audited attempt per recover")
+	assert.Equal(t, string(VerbRecover), au[0].Verb)
 	assert.Contains(t, au[0].Detail, "reset:done")
 
 	b, err := json.Marshal(rep)
@@ -94,8 +110,8 @@ func TestRecoverRateLimitStopsLadder(t *testing.T) {
 	f := newFixture(t, func(p *Policy) { p.MaxForcedPerHour = 1 })
 	pool := &recordingPool{}
 	id0 := f.domainID(t)
-	a := f.actor(t, Options{Pool: pool, Health: restartedHealth(t, f)})
-	rep, err := a.Recover(context.Background(), testDomain, "web", "test")
+	a := f.actor(t, Options{Pool: pool, Member: webMember, Health: restartedHealth(t, f)})
+	rep, err := a.Recover(context.Background(), testDomain)
 	require.ErrorIs(t, err, ErrRefused)
 	assert.Contains(t, err.Error(), "recover test: ")
 	assert.Contains(t, err.Error(), "rate limit")
@@ -109,9 +125,9 @@ func TestRecoverRateLimitStopsLadder(t *testing.T) {
 func TestRecoverExhausted(t *testing.T) {
 	f := newFixture(t, nil)
 	pool := &recordingPool{}
-	a := f.actor(t, Options{Pool: pool, Health: func(context.Context, string) (bool, string) { return false, "fake service: down" }})
+	a := f.actor(t, Options{Pool: pool, Member: webMember, Health: func(context.Context, string) (bool, string) { return false, "fake service: down" }})
 	t0 := time.Now()
-	rep, err := a.Recover(context.Background(), testDomain, "web", "test")
+	rep, err := a.Recover(context.Background(), testDomain)
 	require.ErrorIs(t, err, ErrNotDone)
 	assert.Contains(t, err.Error(), "every rung tried")
 	assert.Equal(t, OutcomeNotDone, rep.Outcome)
@@ -124,30 +140,38 @@ func TestRecoverExhausted(t *testing.T) {
 
 func TestRecoverRespectsDeliberateStops(t *testing.T) {
 	ctx := context.Background()
-	for _, verb := range []string{VerbShutdown, VerbDestroy} {
-		t.Run(verb, func(t *testing.T) {
+	for _, verb := range []Verb{VerbShutdown, VerbDestroy} {
+		t.Run(string(verb), func(t *testing.T) {
 			f := newFixture(t, nil)
 			a := f.actor(t, Options{Health: restartedHealth(t, f)})
 			_, err := a.Do(ctx, verb, testDomain)
 			require.NoError(t, err)
 			st := f.state(t)
-			rep, err := a.Recover(ctx, testDomain, "", "")
-			require.ErrorIs(t, err, ErrRefused)
-			assert.Contains(t, err.Error(), "recover never starts it")
-			assert.Equal(t, st, f.state(t), "still off")
-			assert.Empty(t, rep.Steps)
+			for _, fn := range []func() (Report, error){
+				func() (Report, error) { return a.Recover(ctx, testDomain) },
+				func() (Report, error) { return a.ForcedRestart(ctx, testDomain) },
+			} {
+				rep, err := fn()
+				require.ErrorIs(t, err, ErrHeld)
+				assert.Contains(t, err.Error(), "stopped on purpose")
+				assert.Equal(t, OutcomeHeld, rep.Outcome)
+				assert.Equal(t, st, f.state(t), "still off")
+				assert.Empty(t, rep.Steps)
+			}
 
-			// the same shut-off, left behind by an earlier recover's destroy, is finished
-			ds, err := loadState(f.pol.StateDir, testDomain)
+			// the same shut-off, left behind by our own forced step's destroy, is finished
+			dir, err := statedir.Open(f.pol.StateDir)
 			require.NoError(t, err)
-			now := time.Now()
-			ds.RecoverDestroyed = &now
-			require.NoError(t, ds.save(f.pol.StateDir))
-			rep, err = a.Recover(ctx, testDomain, "", "")
+			require.NoError(t, dir.UpdateDomain(testDomain, f.clock.Now(), func(s *statedir.Domain) error {
+				now := f.clock.Now()
+				s.OwnDestroy = &now
+				return nil
+			}))
+			rep, err := a.Recover(ctx, testDomain)
 			require.NoError(t, err, "%+v", rep)
-			assert.Equal(t, []string{"drain:skipped", "reboot:skipped", "reset:skipped", "destroy_start:done",
-				"wait_health:done", "ready:skipped"}, steps(rep))
-			assert.Equal(t, "running", f.state(t).State)
+			assert.Equal(t, []string{"drain:skipped", "start:done", "wait_health:done", "ready:skipped"}, steps(rep))
+			assert.Equal(t, guest.Running, f.state(t).State)
+			assert.Nil(t, f.domainState(t).OwnDestroy)
 		})
 	}
 	t.Run("paused by user", func(t *testing.T) {
@@ -155,32 +179,37 @@ func TestRecoverRespectsDeliberateStops(t *testing.T) {
 		a := f.actor(t, Options{})
 		_, err := a.Do(ctx, VerbSuspend, testDomain)
 		require.NoError(t, err)
-		_, err = a.Recover(ctx, testDomain, "", "")
-		require.ErrorIs(t, err, ErrRefused)
-		assert.Contains(t, err.Error(), "suspended by an operator")
-		assert.Equal(t, "paused", f.state(t).State)
+		_, err = a.Recover(ctx, testDomain)
+		require.ErrorIs(t, err, ErrHeld)
+		assert.Contains(t, err.Error(), "paused by an operator")
+		_, err = a.ForcedRestart(ctx, testDomain)
+		require.ErrorIs(t, err, ErrHeld)
+		assert.Equal(t, guest.Paused, f.state(t).State)
 	})
 }
 
-func TestStartable(t *testing.T) {
+func TestMayStart(t *testing.T) {
+	st := func(s guest.State, r int) State { return State{guest.Status{State: s, Reason: r}} }
+	own := &statedir.Domain{OwnDestroy: &statedir.Stamp{}}
 	tests := []struct {
 		s    State
-		own  bool
+		ds   *statedir.Domain
 		want bool
 	}{
-		{State{"shutoff", "crashed"}, false, true},
-		{State{"shutoff", "failed"}, false, true},
-		{State{"crashed", "panicked"}, false, true},
-		{State{"shutoff", "shutdown"}, false, false},
-		{State{"shutoff", "destroyed"}, false, false},
-		{State{"shutoff", "unknown"}, false, false},
-		{State{"shutoff", "saved"}, false, false},
-		{State{"shutoff", "destroyed"}, true, true},
-		{State{"running", "booted"}, false, false},
+		{st(guest.Shutoff, guest.ShutoffCrashed), &statedir.Domain{}, true},
+		{st(guest.Shutoff, guest.ShutoffFailed), &statedir.Domain{}, true},
+		{st(guest.Crashed, guest.CrashedPanicked), &statedir.Domain{}, true},
+		{st(guest.Shutoff, guest.ShutoffShutdown), &statedir.Domain{}, false},
+		{st(guest.Shutoff, guest.ShutoffDestroyed), &statedir.Domain{}, false},
+		{st(guest.Shutoff, guest.ShutoffUnknown), &statedir.Domain{}, false},
+		{st(guest.Shutoff, guest.ShutoffSaved), &statedir.Domain{}, false},
+		{st(guest.Shutoff, guest.ShutoffMigrated), &statedir.Domain{}, false},
+		{st(guest.Shutoff, guest.ShutoffDestroyed), own, true},
+		{st(guest.Running, 1), &statedir.Domain{}, false},
 	}
 	for _, tc := range tests {
-		got, why := startable(tc.s, tc.own)
-		assert.Equal(t, tc.want, got, "%s own=%v: %s", tc.s, tc.own, why)
+		got, why := mayStart(tc.s, tc.ds)
+		assert.Equal(t, tc.want, got, "%s own=%v: %s", tc.s, tc.ds.OwnDestroy != nil, why)
 	}
 }
 
@@ -188,28 +217,22 @@ func TestRecoverDryRun(t *testing.T) {
 	f := newFixture(t, nil)
 	pool := &recordingPool{}
 	id0 := f.domainID(t)
-	a := f.actor(t, Options{DryRun: true, Pool: pool, Health: func(context.Context, string) (bool, string) { return false, "fake service: down" }})
-	rep, err := a.Recover(context.Background(), testDomain, "web", "test")
+	a := f.actor(t, Options{DryRun: true, Pool: pool, Member: webMember, Health: func(context.Context, string) (bool, string) { return false, "fake service: down" }})
+	rep, err := a.Recover(context.Background(), testDomain)
 	require.NoError(t, err)
 	assert.Equal(t, OutcomeDryRun, rep.Outcome)
 	assert.Equal(t, []string{"check:not_done", "drain:dry_run", "reboot:dry_run", "reset:dry_run", "destroy_start:dry_run", "ready:dry_run"}, steps(rep))
 	assert.Contains(t, rep.Steps[3].Detail, "forced: allowed now")
 	assert.Empty(t, pool.calls)
 	assert.Equal(t, id0, f.domainID(t))
-	ds, err := loadState(f.pol.StateDir, testDomain)
-	require.NoError(t, err)
-	assert.Empty(t, ds.Forced)
-	au := readAudit(t, f.audit)
+	assert.Empty(t, f.domainState(t).Forced)
+	au := readAuditAll(t, f.audit)
 	require.Len(t, au, 1)
 	assert.Equal(t, OutcomeDryRun, au[0].Outcome)
 }
 
-func TestRecoverBadArguments(t *testing.T) {
+func TestRecoverRefusesOtherDomains(t *testing.T) {
 	f := newFixture(t, nil)
-	a := f.actor(t, Options{})
-	_, err := a.Recover(context.Background(), testDomain, "web", "")
-	require.ErrorIs(t, err, ErrRefused)
-	assert.Contains(t, err.Error(), "backend and server must be given together")
-	_, err = a.Recover(context.Background(), "other", "", "")
+	_, err := f.actor(t, Options{}).Recover(context.Background(), "other")
 	require.ErrorIs(t, err, ErrRefused)
 }

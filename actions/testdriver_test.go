@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 
 	"zabbix-agent2-plugin-kvm/kvm"
 	"zabbix-agent2-plugin-kvm/kvm/guest"
+	"zabbix-agent2-plugin-kvm/statedir"
 )
 
 // The libvirt test driver (test:///default) runs in-process with no daemon; each connection gets a
@@ -27,35 +29,69 @@ type fixture struct {
 	conn  *kvm.Conn
 	pol   Policy
 	audit string
+	clock *testClock
+}
+
+// testClock is a clock the test moves: both readings forward (time passes), or the wall clock alone
+// (an operator or NTP steps it), which is what the rate limit must survive.
+type testClock struct {
+	mu  sync.Mutex
+	now statedir.Stamp
+}
+
+func newClock() *testClock {
+	return &testClock{now: statedir.Stamp{Wall: time.Now(), Boot: int64(time.Hour), BootID: "test-boot"}}
+}
+
+func (c *testClock) Now() statedir.Stamp {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *testClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.now.Wall, c.now.Boot = c.now.Wall.Add(d), c.now.Boot+int64(d)
+	c.mu.Unlock()
+}
+
+func (c *testClock) StepWall(d time.Duration) {
+	c.mu.Lock()
+	c.now.Wall = c.now.Wall.Add(d)
+	c.mu.Unlock()
 }
 
 func newFixture(t *testing.T, mod func(*Policy)) *fixture {
 	t.Helper()
 	dir := t.TempDir()
 	p := Policy{
-		Enable:           true,
-		AllowDomains:     "test|web-.*",
-		AllowCommands:    []string{"uptime", `echo [a-z]+`, `echo '[a-z ]+'`},
-		MaxForcedPerHour: 10,
-		StateDir:         filepath.Join(dir, "state"),
-		AuditLog:         filepath.Join(dir, "audit.log"),
-		GentleTimeout:    time.Second,
-		ForcedTimeout:    5 * time.Second,
-		HealthTimeout:    time.Second,
-		LockWait:         time.Second,
+		Enable:             true,
+		AllowDomains:       "test|web-.*",
+		AllowCommands:      []string{"uptime", `echo [a-z]+`, `echo '[a-z ]+'`},
+		MaxForcedPerHour:   10,
+		MaxRestartsPerHour: 100, // the loop guard has tests of its own
+		StateDir:           filepath.Join(dir, "state"),
+		AuditLog:           filepath.Join(dir, "audit.log"),
+		GentleTimeout:      time.Second,
+		ForcedTimeout:      5 * time.Second,
+		HealthTimeout:      time.Second,
+		LockWait:           time.Second,
 	}
 	if mod != nil {
 		mod(&p)
 	}
 	conn := kvm.NewConn("test:///default", 5*time.Second, 8)
 	t.Cleanup(conn.Close)
-	return &fixture{conn: conn, pol: p, audit: p.AuditLog}
+	return &fixture{conn: conn, pol: p, audit: p.AuditLog, clock: newClock()}
 }
 
 func (f *fixture) actor(t *testing.T, opts Options) *Actor {
 	t.Helper()
 	if opts.Caller == "" {
 		opts.Caller = "test"
+	}
+	if opts.Clock == nil {
+		opts.Clock = f.clock
 	}
 	a, err := New(f.conn, f.pol, opts)
 	require.NoError(t, err)
@@ -72,7 +108,7 @@ func (f *fixture) state(t *testing.T) State {
 		}
 		defer d.Free()
 		s, r, err := d.GetState()
-		st = State{guest.State(s).String(), guest.ReasonName(guest.State(s), r)}
+		st = State{guest.Status{State: guest.State(s), Reason: r}}
 		return err
 	}))
 	return st
@@ -93,7 +129,29 @@ func (f *fixture) domainID(t *testing.T) uint {
 	return id
 }
 
+// domainState reads the domain's record in StateDir.
+func (f *fixture) domainState(t *testing.T) *statedir.Domain {
+	t.Helper()
+	dir, err := statedir.Open(f.pol.StateDir)
+	require.NoError(t, err)
+	ds, err := dir.ReadDomain(testDomain)
+	require.NoError(t, err)
+	return ds
+}
+
+// readAudit returns the end line of every audited attempt; readAuditAll every line.
 func readAudit(t *testing.T, path string) []AuditEntry {
+	t.Helper()
+	var out []AuditEntry
+	for _, e := range readAuditAll(t, path) {
+		if e.Phase == PhaseEnd {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func readAuditAll(t *testing.T, path string) []AuditEntry {
 	t.Helper()
 	fh, err := os.Open(path)
 	if os.IsNotExist(err) {
@@ -119,8 +177,8 @@ func TestLifecycleTestDriver(t *testing.T) {
 	a := f.actor(t, Options{})
 	ctx := context.Background()
 	steps := []struct {
-		verb    string
-		outcome string
+		verb    Verb
+		outcome Outcome
 		after   string
 		detail  string
 	}{
@@ -154,18 +212,27 @@ func TestLifecycleTestDriver(t *testing.T) {
 		} else {
 			require.Error(t, err, "step %d", i)
 			assert.ErrorIs(t, err, ErrNotDone, "step %d", i)
-			assert.Contains(t, err.Error(), s.verb+" test: ", "error names verb and domain")
+			assert.Contains(t, err.Error(), string(s.verb)+" test: ", "error names verb and domain")
 		}
-		assert.Equal(t, s.after, res.After.State, "step %d %s", i, s.verb)
-		assert.Equal(t, s.after, f.state(t).State, "step %d: libvirt's own answer", i)
+		assert.Equal(t, s.after, res.After.State.String(), "step %d %s", i, s.verb)
+		assert.Equal(t, s.after, f.state(t).State.String(), "step %d: libvirt's own answer", i)
 		assert.Contains(t, res.Detail, s.detail, "step %d %s", i, s.verb)
 		assert.Equal(t, s.verb, res.Verb)
 	}
 	// reset, destroy (not the no-op one), destroy → 3 forced actions counted
-	ds, err := loadState(f.pol.StateDir, testDomain)
-	require.NoError(t, err)
+	ds := f.domainState(t)
 	assert.Len(t, ds.Forced, 2, "reset + one real destroy; destroy of a stopped domain is no action")
-	assert.Len(t, readAudit(t, f.audit), len(steps), "one audit line per attempt")
+	var restarts []string
+	for _, r := range ds.Restarts {
+		restarts = append(restarts, r.By)
+	}
+	assert.Equal(t, []string{"reset", "start", "start"}, restarts, "what the loop guard counts")
+	assert.Len(t, readAudit(t, f.audit), len(steps), "one end line per attempt")
+	all := readAuditAll(t, f.audit)
+	assert.Len(t, all, 2*len(steps), "and a begin line before each changed something")
+	assert.Equal(t, PhaseBegin, all[0].Phase)
+	assert.Equal(t, OutcomeStarted, all[0].Outcome)
+	assert.Equal(t, all[0].ID, all[1].ID, "begin and end share the id")
 }
 
 func TestVerbErrors(t *testing.T) {
@@ -175,7 +242,7 @@ func TestVerbErrors(t *testing.T) {
 
 	res, err := a.Do(ctx, "explode", testDomain)
 	require.ErrorIs(t, err, ErrRefused)
-	assert.Contains(t, err.Error(), `unknown verb "explode"`)
+	assert.Contains(t, err.Error(), `"explode" is not a lifecycle verb`)
 	assert.Equal(t, OutcomeRefused, res.Outcome)
 
 	res, err = a.Do(ctx, VerbReset, "web-missing")
@@ -186,7 +253,7 @@ func TestVerbErrors(t *testing.T) {
 	res, err = a.Do(ctx, VerbReset, "db-01")
 	require.ErrorIs(t, err, ErrRefused)
 	assert.Contains(t, err.Error(), "does not match AllowDomains")
-	assert.Equal(t, "running", f.state(t).State)
+	assert.Equal(t, "running", f.state(t).State.String())
 
 	// a hostile name is refused by policy, quoted in messages, and never reaches a shell or a path
 	evil := "web-$(touch /tmp/pwned) 'x';rm ünï"
@@ -196,7 +263,9 @@ func TestVerbErrors(t *testing.T) {
 	_, err = a.Do(ctx, VerbReboot, "web-07\nreboot")
 	require.ErrorIs(t, err, ErrRefused, "AllowDomains is anchored and . does not match a newline")
 	entries, err := os.ReadDir(f.pol.StateDir)
-	require.NoError(t, err)
+	if !os.IsNotExist(err) {
+		require.NoError(t, err)
+	}
 	for _, e := range entries {
 		assert.Regexp(t, `^dom-[A-Za-z0-9_-]*-[0-9a-f]{16}\.(lock|json)$`, e.Name())
 	}
@@ -205,7 +274,7 @@ func TestVerbErrors(t *testing.T) {
 	res, err = f2.actor(t, Options{}).Do(ctx, VerbDestroy, testDomain)
 	require.ErrorIs(t, err, ErrRefused)
 	assert.Contains(t, err.Error(), "actions are disabled")
-	assert.Equal(t, "running", f2.state(t).State)
+	assert.Equal(t, "running", f2.state(t).State.String())
 	assert.Equal(t, OutcomeRefused, res.Outcome)
 	au := readAudit(t, f2.audit)
 	require.Len(t, au, 1, "refused attempts are audited too")
@@ -217,21 +286,20 @@ func TestDryRunChangesNothing(t *testing.T) {
 	a := f.actor(t, Options{DryRun: true})
 	ctx := context.Background()
 	id, st0 := f.domainID(t), f.state(t)
-	for _, verb := range Verbs() {
+	lifecycle := []Verb{VerbStart, VerbShutdown, VerbReboot, VerbReset, VerbDestroy, VerbSuspend, VerbResume}
+	for _, verb := range lifecycle {
 		res, err := a.Do(ctx, verb, testDomain)
 		require.NoError(t, err, verb)
 		assert.Equal(t, OutcomeDryRun, res.Outcome)
 		assert.False(t, res.Done)
-		assert.Contains(t, res.Detail, "would "+verb)
-		assert.Equal(t, "running", res.Before.State)
+		assert.Contains(t, res.Detail, "would "+string(verb))
+		assert.Equal(t, guest.Running, res.Before.State)
 	}
 	assert.Equal(t, st0, f.state(t))
 	assert.Equal(t, id, f.domainID(t), "not restarted")
-	ds, err := loadState(f.pol.StateDir, testDomain)
-	require.NoError(t, err)
-	assert.Empty(t, ds.Forced)
-	au := readAudit(t, f.audit)
-	require.Len(t, au, len(Verbs()))
+	assert.Empty(t, f.domainState(t).Forced)
+	au := readAuditAll(t, f.audit)
+	require.Len(t, au, len(lifecycle), "a dry run writes its end line only")
 	for _, e := range au {
 		assert.Equal(t, OutcomeDryRun, e.Outcome)
 		assert.True(t, e.DryRun)
@@ -239,7 +307,7 @@ func TestDryRunChangesNothing(t *testing.T) {
 
 	// a dry run still tells that the rate limit would refuse
 	f0 := newFixture(t, func(p *Policy) { p.MaxForcedPerHour = 0 })
-	_, err = f0.actor(t, Options{DryRun: true}).Do(ctx, VerbReset, testDomain)
+	_, err := f0.actor(t, Options{DryRun: true}).Do(ctx, VerbReset, testDomain)
 	require.ErrorIs(t, err, ErrRefused)
 	assert.Contains(t, err.Error(), "MaxForcedPerHour is 0")
 }
@@ -276,8 +344,8 @@ func TestExecTestDriver(t *testing.T) {
 	au := readAudit(t, f.audit)
 	require.Len(t, au, 5)
 	assert.Equal(t, "uptime", au[0].Command)
-	assert.Equal(t, []string{OutcomeFailed, OutcomeRefused, OutcomeRefused, OutcomeRefused, OutcomeDryRun},
-		[]string{au[0].Outcome, au[1].Outcome, au[2].Outcome, au[3].Outcome, au[4].Outcome})
+	assert.Equal(t, []Outcome{OutcomeFailed, OutcomeRefused, OutcomeRefused, OutcomeRefused, OutcomeDryRun},
+		[]Outcome{au[0].Outcome, au[1].Outcome, au[2].Outcome, au[3].Outcome, au[4].Outcome})
 }
 
 func TestResultJSON(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"zabbix-agent2-plugin-kvm/actions"
@@ -91,9 +92,15 @@ func (v haproxyView) ShowInfo(ctx context.Context) (map[string]string, error) {
 
 // Policy maps the Plugins.KVM.Actions.* options onto the actions package's policy.
 func Policy(c *plugin.Config) actions.Policy {
+	minHealthy := c.MinHealthyPercent
+	if minHealthy == 0 {
+		minHealthy = -1 // the option's 0 is "off"; the policy's 0 is "default"
+	}
 	return actions.Policy{
-		Enable: c.ActionsEnable, AllowDomains: c.AllowDomains, AllowCommands: c.ExecAllow,
-		MaxForcedPerHour: c.MaxForcedPerHour, StateDir: c.StateDir, AuditLog: c.AuditLog,
+		Enable: c.ActionsEnable, AllowDomains: c.AllowDomains, AllowBackends: c.AllowBackends, AllowCommands: c.ExecAllow,
+		MaxForcedPerHour: c.MaxForcedPerHour, MaxRestartsPerHour: c.MaxRestartsPerHour,
+		MinHealthyPercent: minHealthy, MaxConcurrent: c.MaxConcurrent,
+		StateDir: c.StateDir, AuditLog: c.AuditLog,
 		GentleMode: c.GentleMode, GentleTimeout: c.GentleTimeout, ForcedTimeout: c.ForcedTimeout,
 		HealthTimeout: c.HealthTimeout, ExecTimeout: c.Timeout,
 	}
@@ -101,9 +108,10 @@ func Policy(c *plugin.Config) actions.Policy {
 
 // Actor returns an actions.Actor for this configuration; caller is written to the audit log.
 func (h *Hypervisor) Actor(caller string, dryRun bool) (*actions.Actor, error) {
-	opts := actions.Options{Caller: caller, DryRun: dryRun, Health: h.Health(), Logf: h.log.Debugf}
+	opts := actions.Options{Caller: caller, DryRun: dryRun, Health: h.Health(), Logf: h.log.Debugf,
+		Member: h.member, Owner: h.owner}
 	if h.HAProxy != nil {
-		opts.Pool = h.HAProxy
+		opts.Pool = pool{h.HAProxy}
 	}
 	a, err := actions.New(h.Conn, Policy(h.Cfg), opts)
 	if err != nil {
@@ -116,21 +124,92 @@ func (h *Hypervisor) Actor(caller string, dryRun bool) (*actions.Actor, error) {
 	return a, nil
 }
 
-// PoolMember is the haproxy server of domain, if any (see plugin.PoolMember).
-func (h *Hypervisor) PoolMember(ctx context.Context, domain string) (plugin.Member, bool) {
-	var hp plugin.HAProxy
-	if h.hapSnap != nil {
-		hp = haproxyView{h.hapSnap, h.HAProxy}
+func (h *Hypervisor) haproxyView() plugin.HAProxy {
+	if h.hapSnap == nil {
+		return nil
 	}
-	return plugin.PoolMember(ctx, h.Stats, h.Inv, hp, domain)
+	return haproxyView{h.hapSnap, h.HAProxy}
 }
 
-// Health composes recover's health check: HTTP (or TCP) on the guest's private address when it is
-// known and may be dialled, else the guest agent.
+// PoolMember is the haproxy server of domain, if any (see plugin.PoolMember).
+func (h *Hypervisor) PoolMember(ctx context.Context, domain string) (plugin.Member, bool) {
+	return plugin.PoolMember(ctx, h.Stats, h.Inv, h.haproxyView(), domain)
+}
+
+func (h *Hypervisor) member(ctx context.Context, domain string) (string, string, bool) {
+	m, ok := h.PoolMember(ctx, domain)
+	return m.Backend, m.Server, ok
+}
+
+// owner is the domain behind an haproxy server, if any.
+func (h *Hypervisor) owner(ctx context.Context, backend, server string) (string, bool) {
+	hp := h.haproxyView()
+	if hp == nil {
+		return "", false
+	}
+	snap, err := hp.Get(ctx)
+	if err != nil {
+		return "", false
+	}
+	st, err := snap.Server(backend, server)
+	if err != nil {
+		return "", false
+	}
+	return plugin.ServerOwner(ctx, h.Stats, h.Inv, server, haproxy.AddrIP(st.Addr))
+}
+
+// pool is the haproxy client as actions use it: admin-state changes, and fresh reads of a backend
+// (a recover waiting for the check to pass must not read a cached snapshot).
+type pool struct{ c *haproxy.Client }
+
+func (p pool) SetServerState(ctx context.Context, backend, server, state string) error {
+	return p.c.SetServerState(ctx, backend, server, state)
+}
+
+func (p pool) Backend(ctx context.Context, backend string) (map[string]actions.ServerState, error) {
+	snap, err := p.c.Snapshot(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]actions.ServerState{}
+	for _, s := range snap.Servers() {
+		if s.Backend != backend {
+			continue
+		}
+		out[s.Server] = actions.ServerState{Pool: s.Pool, CheckUp: s.Status == "UP" || s.Status == "DRAIN",
+			Check: strings.TrimSpace(s.CheckStatus + " " + checkDetail(s))}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("haproxy has no backend %q with servers", backend)
+	}
+	return out, nil
+}
+
+func checkDetail(s haproxy.ServerStatus) string {
+	if s.CheckCode != nil {
+		return fmt.Sprint(*s.CheckCode)
+	}
+	return s.LastCheck
+}
+
+// Health composes the health check of recover: the haproxy check of the guest's server when it has
+// one (what the pool itself trusts, and what the ladder's problem is about), else HTTP (or TCP) on
+// the guest's private address when it is known and may be dialled, else the guest agent.
 func (h *Hypervisor) Health() actions.Health {
 	agent := actions.AgentHealth(h.Conn)
 	cfg := h.Cfg
 	return func(ctx context.Context, domain string) (bool, string) {
+		if h.HAProxy != nil {
+			if backend, server, ok := h.member(ctx, domain); ok {
+				states, err := pool{h.HAProxy}.Backend(ctx, backend)
+				if st, found := states[server]; err == nil && found && st.Pool != "no check" {
+					if st.CheckUp {
+						return true, fmt.Sprintf("haproxy %s/%s check passes (%s)", backend, server, st.Check)
+					}
+					return false, fmt.Sprintf("haproxy %s/%s check fails (%s, %s)", backend, server, st.Pool, st.Check)
+				}
+			}
+		}
 		if cfg.HealthPort == 0 {
 			return agent(ctx, domain)
 		}
@@ -173,5 +252,6 @@ func (k actionKeys) PoolSet(ctx context.Context, backend, server, state string) 
 	if err != nil {
 		return err
 	}
-	return a.PoolSet(ctx, backend, server, state)
+	_, err = a.PoolSet(ctx, backend, server, state)
+	return err
 }

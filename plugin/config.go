@@ -32,7 +32,12 @@ type Config struct {
 	GuestNetworks    []*net.IPNet
 	ActionsEnable    bool
 	AllowDomains     string
+	AllowBackends    string
 	MaxForcedPerHour int
+	// MaxRestartsPerHour, MinHealthyPercent and MaxConcurrent are the loop and storm guards.
+	MaxRestartsPerHour int
+	MinHealthyPercent  int
+	MaxConcurrent      int
 	ExecAllow        []string
 	GentleMode       string
 	GentleTimeout    time.Duration
@@ -127,7 +132,11 @@ var options = []option{
 	}},
 	{"Actions.Enable", "0", "0-1", "1 allows actions that change VMs or haproxy (lifecycle, exec, recover, pool). Off by default.", intRange(0, 1, func(c *Config, n int) { c.ActionsEnable = n == 1 })},
 	{"Actions.AllowDomains", "", "", "Regular expression (whole name) of the domains actions may touch. Empty: none.", regex(func(c *Config, v string) { c.AllowDomains = v })},
-	{"Actions.MaxForcedPerHour", "3", "0-100", "Forced actions (reset, destroy, destroy+start) allowed per domain per rolling hour; more are refused so Zabbix escalates to a human.", intRange(0, 100, func(c *Config, n int) { c.MaxForcedPerHour = n })},
+	{"Actions.AllowBackends", "", "", "Regular expression (whole name) of the haproxy backends whose servers pool changes may touch when the server belongs to no guest of this hypervisor. Empty: none.", regex(func(c *Config, v string) { c.AllowBackends = v })},
+	{"Actions.MaxForcedPerHour", "3", "0-100", "Forced actions (reset, destroy, destroy+start, start by a repair step) allowed per domain per rolling hour; more are refused so Zabbix escalates to a human.", intRange(0, 100, func(c *Config, n int) { c.MaxForcedPerHour = n })},
+	{"Actions.MaxRestartsPerHour", "3", "1-100", "Loop guard: this many restarts of one domain in a rolling hour (ours, starts, and the guest's own reboots) put it in quarantine: no action until `release`.", intRange(1, 100, func(c *Config, n int) { c.MaxRestartsPerHour = n })},
+	{"Actions.MinHealthyPercent", "50", "0-100", "Storm guard: a restart is held while fewer than this share of the other servers of the guest's haproxy backend are UP (a shared failure, not the guest's). 0: off.", intRange(0, 100, func(c *Config, n int) { c.MinHealthyPercent = n })},
+	{"Actions.MaxConcurrent", "2", "1-100", "Storm guard: restarts that may run at once on this hypervisor; more are held.", intRange(1, 100, func(c *Config, n int) { c.MaxConcurrent = n })},
 	{"Actions.GentleMode", "acpi", "acpi, agent, agent+acpi", "How shutdown and reboot ask the guest: the ACPI power button, qemu-guest-agent, or the agent then ACPI.", func(c *Config, v string) error {
 		switch v {
 		case "acpi", "agent":

@@ -84,6 +84,15 @@ func PoolMember(ctx context.Context, s Stats, inv Inventory, hp HAProxy, domain 
 	return newMembers(hsnap, domainSet(snap)).find(r.Name, ip)
 }
 
+// ServerOwner is the name of the domain behind an haproxy server (see serverOwner).
+func ServerOwner(ctx context.Context, s Stats, inv Inventory, server, ip string) (string, bool) {
+	r, ok := serverOwner(ctx, s, inv)(server, ip)
+	if !ok {
+		return "", false
+	}
+	return r.Name, true
+}
+
 // serverOwner maps an haproxy server to its guest's record: the domain named like the server, else
 // the domain that owns the server's address. It reads the last statistics snapshot, however old: the
 // domain list changes rarely, and while a hung QEMU slows the statistics refresh the push must not

@@ -67,7 +67,7 @@ func BenchmarkRecover(b *testing.B) {
 				b.StopTimer()
 				c.breakIt(b, c.g)
 				b.StartTimer()
-				rep, err := act.Recover(context.Background(), c.g.Name(), "", "")
+				rep, err := act.Recover(context.Background(), c.g.Name())
 				if err != nil || rep.Exit != c.exit {
 					b.Fatalf("recover %s: exit %q, %v", c.g.Name(), rep.Exit, err)
 				}

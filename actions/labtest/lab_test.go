@@ -121,7 +121,7 @@ func (e *env) actor(t testing.TB, mod func(*actions.Policy)) *actions.Actor {
 func steps(rep actions.Report) []string {
 	var out []string
 	for _, s := range rep.Steps {
-		out = append(out, s.Step+":"+s.Outcome)
+		out = append(out, s.Step+":"+string(s.Outcome))
 	}
 	return out
 }
@@ -185,7 +185,7 @@ func TestRealGuests(t *testing.T) {
 		t.Run("killed httpd: recover ends after the gentle reboot", func(t *testing.T) {
 			t.Parallel()
 			web.KillHTTPD(t)
-			rep, err := e.actor(t, nil).Recover(ctx, web.Name(), "", "")
+			rep, err := e.actor(t, nil).Recover(ctx, web.Name())
 			logReport(t, rep)
 			require.NoError(t, err)
 			assert.Equal(t, actions.StepReboot, rep.Exit)
@@ -196,7 +196,7 @@ func TestRealGuests(t *testing.T) {
 			t.Parallel()
 			deaf.KillHTTPD(t)
 			act := e.actor(t, func(p *actions.Policy) { p.GentleTimeout = 8 * time.Second })
-			rep, err := act.Recover(ctx, deaf.Name(), "", "")
+			rep, err := act.Recover(ctx, deaf.Name())
 			logReport(t, rep)
 			require.NoError(t, err)
 			assert.Equal(t, actions.StepReset, rep.Exit)
@@ -212,7 +212,7 @@ func TestRealGuests(t *testing.T) {
 			})
 			id0, err := e.lab.Virsh("domid", bios.Name())
 			require.NoError(t, err)
-			rep, err := act.Recover(ctx, bios.Name(), "", "")
+			rep, err := act.Recover(ctx, bios.Name())
 			logReport(t, rep)
 			require.ErrorIs(t, err, actions.ErrNotDone, "it never serves HTTP")
 			assert.Equal(t, []string{"check:not_done", "drain:skipped", "reboot:not_done", "reset:done", "wait_health:not_done",
@@ -236,7 +236,7 @@ func TestRealGuests(t *testing.T) {
 			require.ErrorIs(t, err, actions.ErrNoAgent)
 			assert.Less(t, time.Since(t0), 5*time.Second, "agent absent → error within the deadline")
 
-			rep, err := act.Recover(ctx, frozen.Name(), "", "")
+			rep, err := act.Recover(ctx, frozen.Name())
 			logReport(t, rep)
 			require.NoError(t, err)
 			assert.Equal(t, actions.StepDestroyStart, rep.Exit)
@@ -262,11 +262,11 @@ func TestRealGuests(t *testing.T) {
 
 			_, err = act.Do(ctx, actions.VerbShutdown, noAgent.Name())
 			require.NoError(t, err)
-			rep, err := act.Recover(ctx, noAgent.Name(), "", "")
-			require.ErrorIs(t, err, actions.ErrRefused)
-			assert.Contains(t, err.Error(), "shutoff/shutdown")
+			rep, err := act.Recover(ctx, noAgent.Name())
+			require.ErrorIs(t, err, actions.ErrHeld)
+			assert.Contains(t, err.Error(), "shutoff/shutdown: stopped on purpose")
 			assert.Equal(t, "shut off", noAgent.State(t))
-			assert.Equal(t, actions.OutcomeRefused, rep.Outcome)
+			assert.Equal(t, actions.OutcomeHeld, rep.Outcome)
 		})
 	})
 }
@@ -279,8 +279,8 @@ func lifecycle(t *testing.T, e *env, g *lab.Guest) {
 	agentMode := e.actor(t, func(p *actions.Policy) { p.GentleMode = actions.ModeAgent })
 	seq := []struct {
 		a       *actions.Actor
-		verb    string
-		outcome string
+		verb    actions.Verb
+		outcome actions.Outcome
 		state   string           // virsh domstate afterwards
 		wait    func(*lab.Guest) // wait for the guest afterwards
 	}{

@@ -295,8 +295,21 @@ func SystemRunRules(t testing.TB, bin string) []string {
 	return rules
 }
 
-// AuditLines reads the plugin's audit log (one JSON object per line); a missing file is no lines.
+// AuditLines reads the plugin's audit log (one JSON object per line) and returns the line that ends
+// each attempt (an action writes a begin line too, when it starts changing something); a missing
+// file is no lines.
 func AuditLines(t testing.TB, path string) []map[string]any {
+	var out []map[string]any
+	for _, m := range AllAuditLines(t, path) {
+		if m["phase"] != "begin" {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// AllAuditLines reads every line of the plugin's audit log, begin lines included.
+func AllAuditLines(t testing.TB, path string) []map[string]any {
 	t.Helper()
 	b, err := os.ReadFile(path)
 	if os.IsNotExist(err) {
