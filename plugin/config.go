@@ -38,18 +38,18 @@ type Config struct {
 	MaxRestartsPerHour int
 	MinHealthyPercent  int
 	MaxConcurrent      int
-	ExecAllow        []string
-	GentleMode       string
-	GentleTimeout    time.Duration
-	ForcedTimeout    time.Duration
-	HealthTimeout    time.Duration
-	HealthPort       int
-	HealthPath       string
-	StateDir         string
-	AuditLog         string
-	PushServer       string
-	PushHost         string
-	PushInterval     time.Duration
+	ExecAllow          []string
+	GentleMode         string
+	GentleTimeout      time.Duration
+	ForcedTimeout      time.Duration
+	HealthTimeout      time.Duration
+	HealthPort         int
+	HealthPath         string
+	StateDir           string
+	AuditLog           string
+	PushServer         string
+	PushHost           string
+	PushInterval       time.Duration
 }
 
 // option describes one Plugins.KVM.* setting: its default, how it is parsed and checked, and the
