@@ -35,6 +35,7 @@ var (
 	_ plugin.Inventory  = (*kvm.Inventories)(nil)
 	_ plugin.Host       = (*kvm.Conn)(nil)
 	_ plugin.GuestAgent = (*kvm.Conn)(nil)
+	_ plugin.Events     = (*kvm.Conn)(nil)
 	_ plugin.HAProxy    = haproxyView{}
 	_ plugin.Actions    = actionKeys{}
 	_ plugin.Opener     = Open
@@ -69,7 +70,7 @@ func Open(cfg *plugin.Config, caller string, log plugin.Logger) (*plugin.Deps, e
 
 // Deps are the plugin's dependencies over h; action keys act as caller.
 func (h *Hypervisor) Deps(caller string) *plugin.Deps {
-	d := &plugin.Deps{Host: h.Conn, Stats: h.Stats, Inventory: h.Inv, Agent: h.Conn,
+	d := &plugin.Deps{Host: h.Conn, Stats: h.Stats, Inventory: h.Inv, Agent: h.Conn, Events: h.Conn,
 		Actions: actionKeys{h: h, caller: caller}, Close: h.Close}
 	if h.hapSnap != nil {
 		d.HAProxy = haproxyView{h.hapSnap, h.HAProxy}

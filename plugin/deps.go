@@ -49,6 +49,13 @@ type HAProxy interface {
 	ShowInfo(ctx context.Context) (map[string]string, error)
 }
 
+// Events delivers libvirt's domain events as they happen (kvm.Conn.Watch).
+type Events interface {
+	// Watch hands every event to fn, in order, until stop; after a lost connection it subscribes
+	// again and calls resync.
+	Watch(fn func(guest.Event), resync func()) (stop func())
+}
+
 // Actions runs the action keys under the action policy (lock, rate limit, audit) as one caller.
 type Actions interface {
 	// Exec runs argv in the guest through qemu-guest-agent; with wait it returns the output.
@@ -64,6 +71,7 @@ type Deps struct {
 	Stats     Stats
 	Inventory Inventory
 	Agent     GuestAgent
+	Events    Events
 	HAProxy   HAProxy
 	Actions   Actions
 	// Close releases what Open acquired (the libvirt connection); may be nil.

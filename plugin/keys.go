@@ -32,6 +32,7 @@ const (
 	keyDomainTCP           = "kvm.domain.tcp"
 	keyDomainHTTP          = "kvm.domain.http"
 	keyDomainExec          = "kvm.domain.exec"
+	keyDomainGuard         = "kvm.domain.guard"
 	keyHAProxyDiscovery    = "haproxy.discovery"
 	keyHAProxyServerDisc   = "haproxy.server.discovery"
 	keyHAProxyGet          = "haproxy.get"
@@ -94,6 +95,8 @@ func keys(d *Deps, cfg *Config) map[string]key {
 			[]*metric.Param{domainParam(), metric.NewParam("Command", "command line; quotes group words, nothing is expanded").SetRequired(),
 				metric.NewParam("Mode", "wait for the output, or return at once").WithDefault("wait").WithValidator(metric.SetValidator{Set: []string{"wait", "nowait"}})}, false),
 			domainExec(d.Actions)},
+		keyDomainGuard: {metric.New("What stops actions on a domain: an operator's hold (of the domain or the hypervisor), a loop-guard quarantine, and the restarts and forced actions of the last hour, as JSON.", dom, false),
+			domainGuard(d.Stats, cfg.StateDir)},
 		keyHAProxyDiscovery: {metric.New("LLD of haproxy frontends and backends.", nil, false), haproxyDiscovery(d.HAProxy)},
 		keyHAProxyServerDisc: {metric.New("LLD of haproxy servers, with the libvirt domain that owns each server's address.", nil, false),
 			haproxyServerDiscovery(d.HAProxy, d.Stats, d.Inventory)},

@@ -18,6 +18,7 @@ import (
 
 	"zabbix-agent2-plugin-kvm/haproxy"
 	"zabbix-agent2-plugin-kvm/kvm/guest"
+	"zabbix-agent2-plugin-kvm/statedir"
 )
 
 // The handlers run here on plain values: statistics parsed from a capture of a real QEMU guest
@@ -282,7 +283,37 @@ func TestKeyNamesAreStable(t *testing.T) {
 	}
 	require.Equal(t, []string{"haproxy.discovery", "haproxy.get", "haproxy.info", "haproxy.server.discovery",
 		"haproxy.server.set", "haproxy.server.status", "kvm.domain.agent.get", "kvm.domain.agent.ping",
-		"kvm.domain.discovery", "kvm.domain.disk.discovery", "kvm.domain.exec", "kvm.domain.get",
+		"kvm.domain.discovery", "kvm.domain.disk.discovery", "kvm.domain.exec", "kvm.domain.get", "kvm.domain.guard",
 		"kvm.domain.http", "kvm.domain.net.discovery", "kvm.domain.state", "kvm.domain.tcp",
 		"kvm.hypervisor.get", "kvm.hypervisor.ping"}, names)
+}
+
+// kvm.domain.guard shows an operator's hold, a hypervisor-wide hold and a quarantine as the
+// actions recorded them in the state directory.
+func TestGuardItem(t *testing.T) {
+	dir := t.TempDir() + "/state"
+	p, _ := fixture(t, "qemu:///system", "StateDir", dir)
+	v, err := get(t, p, "kvm.domain.guard", "kvmt-cap")
+	require.NoError(t, err)
+	require.JSONEq(t, `{"held":0,"quarantined":0,"hold":null,"hypervisor_hold":null,"quarantine":null,"restarts_1h":0,"forced_1h":0}`, v,
+		"no state directory yet: nothing is held")
+	sd, err := statedir.Open(dir)
+	require.NoError(t, err)
+	now := statedir.SystemClock{}.Now()
+	require.NoError(t, sd.UpdateDomain("kvmt-cap", now, func(s *statedir.Domain) error {
+		s.Hold = &statedir.Hold{Since: now, For: time.Hour, Reason: "kernel upgrade", By: "cli:alice"}
+		s.AddRestart(now, "reset", 2)
+		s.AddRestart(now, "guest reboot", 2)
+		return nil
+	}))
+	v, err = get(t, p, "kvm.domain.guard", "6f1c6a3e-1111-4222-8333-944455556666")
+	require.NoError(t, err)
+	var g guardStatus
+	require.NoError(t, json.Unmarshal([]byte(v), &g))
+	require.Equal(t, 1, g.Held)
+	require.Equal(t, 1, g.Quarantined)
+	require.Equal(t, "kernel upgrade", g.Hold.Reason)
+	require.Contains(t, g.Quarantine.Reason, "2 restarts within an hour")
+	require.Equal(t, 2, g.Restarts1h)
+	require.Nil(t, g.HypervisorHold)
 }

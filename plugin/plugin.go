@@ -110,19 +110,27 @@ func (p *Plugin) Config() *Config {
 	return p.cfg
 }
 
-// Start implements sdk.Runner: background work (the haproxy push) starts in the real run only.
+// Start implements sdk.Runner: background work starts in the real run only: libvirt's events (the
+// loop guard counts the guests' own reboots) and, when configured, the haproxy push.
 func (p *Plugin) Start() {
 	p.mu.RLock()
 	cfg, deps := p.cfg, p.deps
 	p.mu.RUnlock()
-	if cfg == nil || cfg.PushServer == "" {
+	if cfg == nil {
 		return
 	}
-	if stop := startPush(cfg, deps, p.Logger()); stop != nil {
-		p.mu.Lock()
-		p.stops = append(p.stops, stop)
-		p.mu.Unlock()
+	var stops []func()
+	if stop := startEvents(cfg, deps, p.Logger()); stop != nil {
+		stops = append(stops, stop)
 	}
+	if cfg.PushServer != "" {
+		if stop := startPush(cfg, deps, p.Logger()); stop != nil {
+			stops = append(stops, stop)
+		}
+	}
+	p.mu.Lock()
+	p.stops = append(p.stops, stops...)
+	p.mu.Unlock()
 }
 
 // Stop implements sdk.Runner.

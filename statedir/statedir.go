@@ -210,3 +210,12 @@ func AppendLine(path string, line []byte) error {
 	}
 	return nil
 }
+
+// OpenExisting opens the state directory for reading without creating it; a directory that does
+// not exist yet yields (nil, nil): nothing was ever recorded.
+func OpenExisting(path string) (*Dir, error) {
+	if _, err := os.Lstat(path); errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	return Open(path)
+}
