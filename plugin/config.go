@@ -190,6 +190,17 @@ var options = []option{
 // ParseOptions builds a Config from flat options (as conf.Flatten returns them). Every problem is
 // reported with the option's full name and its line in the config file; unknown options are errors.
 func ParseOptions(opts map[string]conf.Value, globalTimeout int) (*Config, error) {
+	return ParseOptionsAt(opts, globalTimeout, func(_ string, line int) string { return fmt.Sprintf("line %d", line) })
+}
+
+// ParseOptionsAt is ParseOptions with where naming the place of an option ("file, line N").
+func ParseOptionsAt(opts map[string]conf.Value, globalTimeout int, where func(name string, line int) string) (*Config, error) {
+	at := func(name string, v conf.Value) string {
+		if v.Line > 0 {
+			return " (" + where(name, v.Line) + ")"
+		}
+		return ""
+	}
 	c := &Config{}
 	known := map[string]bool{}
 	for _, o := range options {
@@ -203,13 +214,13 @@ func ParseOptions(opts map[string]conf.Value, globalTimeout int) (*Config, error
 			continue
 		}
 		if err := o.apply(c, val); err != nil {
-			return nil, fmt.Errorf("invalid option Plugins.%s.%s=%q%s: %v", Name, o.name, val, lineOf(v), err)
+			return nil, fmt.Errorf("invalid option Plugins.%s.%s=%q%s: %v", Name, o.name, val, at(o.name, v), err)
 		}
 	}
 	var unknown []string
 	for k, v := range opts {
 		if !known[k] {
-			unknown = append(unknown, fmt.Sprintf("Plugins.%s.%s%s", Name, k, lineOf(v)))
+			unknown = append(unknown, fmt.Sprintf("Plugins.%s.%s%s", Name, k, at(k, v)))
 		}
 	}
 	if len(unknown) > 0 {
@@ -259,12 +270,6 @@ func TestDriver(uri string) bool {
 	return scheme == "test" || strings.HasPrefix(scheme, "test+")
 }
 
-func lineOf(v conf.Value) string {
-	if v.Line > 0 {
-		return fmt.Sprintf(" (line %d)", v.Line)
-	}
-	return ""
-}
 
 // ReadConfigFile reads Plugins.KVM.* lines from an agent-style config file (the plugin's own
 // kvm.conf, or the whole zabbix_agent2.conf), for the CLI. Other lines are ignored.
