@@ -23,7 +23,10 @@ type prereqs struct {
 
 func (c *Config) checkPrereqs(ctx context.Context, d *Deps, configFiles []string) prereqs {
 	out := prereqs{OK: 1, Enabled: 1, Problems: []string{}}
-	fail := func(format string, a ...any) { out.OK = 0; out.Problems = append(out.Problems, fmt.Sprintf(format, a...)) }
+	fail := func(format string, a ...any) {
+		out.OK = 0
+		out.Problems = append(out.Problems, fmt.Sprintf(format, a...))
+	}
 	if !c.ActionsEnable {
 		out.Enabled = 0
 		fail("actions are disabled (Plugins.%s.Actions.Enable=0): every ladder command will be refused", Name)
