@@ -35,21 +35,21 @@ type Step struct {
 
 // Report is the JSON answer of recover and forced-restart.
 type Report struct {
-	Verb     Verb    `json:"verb"`
-	Domain   string  `json:"domain"`
-	Backend  string  `json:"backend,omitempty"`
-	Server   string  `json:"server,omitempty"`
-	Caller   string  `json:"caller"`
-	DryRun   bool    `json:"dry_run,omitempty"`
-	Before   State   `json:"before"`
-	After    State   `json:"after"`
-	Steps    []Step  `json:"steps"`
-	Exit     string  `json:"exit,omitempty"` // the step after which health came back, or "already_healthy"
-	Healthy  bool    `json:"healthy"`
+	Verb    Verb   `json:"verb"`
+	Domain  string `json:"domain"`
+	Backend string `json:"backend,omitempty"`
+	Server  string `json:"server,omitempty"`
+	Caller  string `json:"caller"`
+	DryRun  bool   `json:"dry_run,omitempty"`
+	Before  State  `json:"before"`
+	After   State  `json:"after"`
+	Steps   []Step `json:"steps"`
+	Exit    string `json:"exit,omitempty"` // the step after which health came back, or "already_healthy"
+	Healthy bool   `json:"healthy"`
 	// Diagnosis is what the step saw before acting (repair, forced-restart).
 	Diagnosis *Diagnosis `json:"diagnosis,omitempty"`
 	// Evidence is where the step kept the console, serial log and diagnosis before forcing.
-	Evidence string `json:"evidence,omitempty"`
+	Evidence string  `json:"evidence,omitempty"`
 	Outcome  Outcome `json:"outcome"`
 	Detail   string  `json:"detail,omitempty"`
 	Duration Seconds `json:"duration_s"`

@@ -12,9 +12,10 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"strings"
 	"time"
+
+	"zabbix-agent2-plugin-kvm/internal/netdeadline"
 )
 
 // DefaultTimeout bounds one runtime-API exchange when New is given 0.
@@ -122,29 +123,17 @@ func (c *Client) Command(ctx context.Context, cmd string) (string, error) {
 	defer stop()
 
 	if _, err := io.WriteString(conn, cmd+"\n"); err != nil {
-		return "", fmt.Errorf("haproxy socket %s: %q: write: %w", c.Addr, cmd, ctxErr(ctx, err))
+		return "", fmt.Errorf("haproxy socket %s: %q: write: %w", c.Addr, cmd, netdeadline.Err(ctx, err))
 	}
 	var b strings.Builder
 	n, err := io.Copy(&b, io.LimitReader(conn, maxReply+1))
 	if err != nil {
-		return "", fmt.Errorf("haproxy socket %s: %q: read after %d bytes: %w", c.Addr, cmd, n, ctxErr(ctx, err))
+		return "", fmt.Errorf("haproxy socket %s: %q: read after %d bytes: %w", c.Addr, cmd, n, netdeadline.Err(ctx, err))
 	}
 	if n > maxReply {
 		return "", fmt.Errorf("haproxy socket %s: %q: reply larger than %d bytes", c.Addr, cmd, maxReply)
 	}
 	return b.String(), nil
-}
-
-// ctxErr prefers the context's reason (deadline, cancel) over the raw i/o timeout it caused.
-func ctxErr(ctx context.Context, err error) error {
-	if ctx.Err() != nil {
-		return fmt.Errorf("%w (%v)", ctx.Err(), err)
-	}
-	// The conn deadline is the context's: its timer may fire a moment before the context's own.
-	if errors.Is(err, os.ErrDeadlineExceeded) {
-		return fmt.Errorf("%w (%v)", context.DeadlineExceeded, err)
-	}
-	return err
 }
 
 // replyText gives haproxy's message for an error reply, trimmed to something fit for one log line.

@@ -13,10 +13,11 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"strconv"
 	"strings"
 	"time"
+
+	"zabbix-agent2-plugin-kvm/internal/netdeadline"
 )
 
 // DefaultPort is the Zabbix trapper port.
@@ -280,11 +281,11 @@ func (c *Client) Send(ctx context.Context, items ...Item) (Result, error) {
 	defer stop()
 
 	if _, err := conn.Write(Frame(payload)); err != nil {
-		return Result{}, fmt.Errorf("zabbix sender %s: write: %w", c.Addr, ctxErr(ctx, err))
+		return Result{}, fmt.Errorf("zabbix sender %s: write: %w", c.Addr, netdeadline.Err(ctx, err))
 	}
 	reply, err := ReadFrame(conn, MaxFrame)
 	if err != nil {
-		return Result{}, fmt.Errorf("zabbix sender %s: %w", c.Addr, ctxErr(ctx, err))
+		return Result{}, fmt.Errorf("zabbix sender %s: %w", c.Addr, netdeadline.Err(ctx, err))
 	}
 	res, err := ParseResponse(reply)
 	if err != nil {
@@ -294,15 +295,4 @@ func (c *Client) Send(ctx context.Context, items ...Item) (Result, error) {
 		return res, fmt.Errorf("zabbix sender %s: server refused %d of %d values (%s): check host names, item keys and that the items are trappers", c.Addr, res.Failed, len(items), res.Info)
 	}
 	return res, nil
-}
-
-func ctxErr(ctx context.Context, err error) error {
-	if ctx.Err() != nil {
-		return fmt.Errorf("%w (%v)", ctx.Err(), err)
-	}
-	// The conn deadline is the context's: its timer may fire a moment before the context's own.
-	if errors.Is(err, os.ErrDeadlineExceeded) {
-		return fmt.Errorf("%w (%v)", context.DeadlineExceeded, err)
-	}
-	return err
 }

@@ -173,7 +173,7 @@ func (h *Handler) register(c comms.Common, body []byte) error {
 	if err := json.Unmarshal(body, &req); err != nil {
 		out.Error = "malformed register request: " + err.Error()
 	} else if !SupportedVersion(req.Version) {
-		out.Error = fmt.Sprintf("%s plugin does not support agent plugin protocol version %q (supported: 6.x as sent by agents 6.0 and 7.0)", h.name, req.Version)
+		out.Error = fmt.Sprintf("%s plugin does not support agent plugin protocol version %q (supported: 6.x and 7.x: agent 6.0 sends 6.0.13, agent 7.0 sends 6.4.0)", h.name, req.Version)
 	}
 	if out.Error != "" {
 		h.reply(out)
