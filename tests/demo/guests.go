@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sync"
 	"syscall"
 	"time"
 
@@ -120,9 +119,7 @@ type services struct {
 	r    *runner
 	conn *libvirt.Connect
 	http map[string]*harness.HTTPBackend
-
-	mu   sync.Mutex
-	ids  map[string]uint
+	ids  map[string]uint // the watcher's own: the last ID seen running (0: not running)
 	stop chan struct{}
 	done chan struct{}
 }
@@ -139,7 +136,13 @@ func startServices(r *runner, conn *libvirt.Connect, names []string, portLo, por
 		s.ids[n] = id
 	}
 	go s.watch(names)
-	r.Cleanup(func() { close(s.stop); <-s.done })
+	r.Cleanup(func() {
+		close(s.stop)
+		select {
+		case <-s.done:
+		case <-time.After(5 * time.Second): // stuck in a call to a wedged libvirtd, which is stopped next
+		}
+	})
 	return s
 }
 
@@ -178,10 +181,8 @@ func (s *services) watch(names []string) {
 			if err != nil {
 				continue // libvirtd busy or stopping: read again next tick
 			}
-			s.mu.Lock()
 			last := s.ids[n]
 			s.ids[n] = id
-			s.mu.Unlock()
 			switch {
 			case !running && last != 0:
 				s.http[n].Stop()

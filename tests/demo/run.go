@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"zabbix-agent2-plugin-kvm/tests/harness"
 )
 
 // runner carries the demo's lifetime: its work directory, the narration, and what to stop at the
@@ -116,7 +118,13 @@ func (r *runner) exit(code int) {
 		for i := len(cl) - 1; i >= 0; i-- {
 			cl[i]()
 		}
-		if left := leftovers(r.dir); len(left) > 0 {
+		// a process killed a moment ago may still be on its way out: give it a few seconds
+		var left []string
+		_ = harness.Wait(context.Background(), 5*time.Second, 50*time.Millisecond, func() (bool, error) {
+			left = leftovers(r.dir)
+			return len(left) == 0, nil
+		})
+		if len(left) > 0 {
 			r.say.line("FAILED: still running after the demo stopped them: " + strings.Join(left, "; "))
 			code = 1
 		} else {
