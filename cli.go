@@ -163,9 +163,9 @@ func loadConfig(env *cliEnv) (*plugin.Config, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := plugin.ParseOptions(opts, 3)
+	cfg, err := plugin.ParseOptionsAt(opts, 3, plugin.FileLocator(env.cfgFile))
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", env.cfgFile, err)
+		return nil, err
 	}
 	return cfg, nil
 }

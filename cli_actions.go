@@ -70,8 +70,8 @@ func actionVerb(verb actions.Verb) func(*cliEnv, []string) int {
 		return cliPool
 	case actions.VerbHold, actions.VerbRelease:
 		return func(env *cliEnv, args []string) int { return cliHold(env, verb, args) }
-	case actions.VerbForcedRestart, actions.VerbRecover:
-		rungs := map[actions.Verb]int{actions.VerbForcedRestart: 2, actions.VerbRecover: 3}[verb]
+	case actions.VerbForcedRestart, actions.VerbRecover, actions.VerbRepair:
+		rungs := map[actions.Verb]int{actions.VerbForcedRestart: 2, actions.VerbRecover: 3, actions.VerbRepair: 2}[verb]
 		return func(env *cliEnv, args []string) int {
 			if len(args) != 1 {
 				return usage(env)
@@ -79,9 +79,12 @@ func actionVerb(verb actions.Verb) func(*cliEnv, []string) int {
 			return withActor(env, ladderSteps(rungs), func(ctx context.Context, _ *hypervisor.Hypervisor, a *actions.Actor) int {
 				var rep actions.Report
 				var err error
-				if verb == actions.VerbRecover {
+				switch verb {
+				case actions.VerbRecover:
 					rep, err = a.Recover(ctx, args[0])
-				} else {
+				case actions.VerbRepair:
+					rep, err = a.Repair(ctx, args[0])
+				default:
 					rep, err = a.ForcedRestart(ctx, args[0])
 				}
 				return report(env.stdout, env.stderr, rep, err)

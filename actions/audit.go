@@ -32,6 +32,8 @@ type AuditEntry struct {
 	Outcome  Outcome   `json:"outcome"`
 	Duration Seconds   `json:"duration_s"`
 	Detail   string    `json:"detail,omitempty"`
+	Verdict  Verdict   `json:"verdict,omitempty"`  // the diagnosis a repair or forced step acted on
+	Evidence string    `json:"evidence,omitempty"` // where that step kept what it destroyed
 	DryRun   bool      `json:"dry_run,omitempty"`
 }
 

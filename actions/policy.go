@@ -24,6 +24,8 @@ const (
 	DefaultMaxConcurrent = 2
 	// DefaultMaxRestartsPerHour restarts of one domain (ours and its own) put it in quarantine.
 	DefaultMaxRestartsPerHour = 3
+	// DefaultEvidenceKeep evidence directories are kept per domain, newest first.
+	DefaultEvidenceKeep = 10
 )
 
 // Gentle modes: how shutdown and reboot ask the guest. libvirt's own default prefers the guest
@@ -46,6 +48,14 @@ type Policy struct {
 	// holds anything but [A-Za-z0-9_@%+=:,./-] single-quoted shell-style ('it'\''s'), an empty one as ''.
 	// Nothing is run through a shell: the quoting only makes the matched text unambiguous.
 	AllowCommands []string
+	// RepairCommands are the commands repair runs in a guest whose OS runs but whose service fails
+	// its check (e.g. [systemctl restart nginx]), in order, without a shell. Empty: repair runs none.
+	RepairCommands [][]string
+	// EvidenceCommands are run in the guest (when its agent answers) before a forced step, their
+	// output kept with the evidence (e.g. [journalctl -k -n 50]).
+	EvidenceCommands [][]string
+	// EvidenceKeep is how many evidence directories are kept per domain (0: DefaultEvidenceKeep).
+	EvidenceKeep int
 	// AllowBackends is a regular expression matched against the whole backend name, for pool changes
 	// of servers that belong to no guest of this hypervisor. Empty: such servers are refused.
 	AllowBackends string
@@ -120,6 +130,9 @@ func (p Policy) withDefaults() Policy {
 	}
 	if p.MaxConcurrent == 0 {
 		p.MaxConcurrent = DefaultMaxConcurrent
+	}
+	if p.EvidenceKeep == 0 {
+		p.EvidenceKeep = DefaultEvidenceKeep
 	}
 	if p.GentleMode == "" {
 		p.GentleMode = ModeACPI

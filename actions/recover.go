@@ -46,6 +46,10 @@ type Report struct {
 	Steps    []Step  `json:"steps"`
 	Exit     string  `json:"exit,omitempty"` // the step after which health came back, or "already_healthy"
 	Healthy  bool    `json:"healthy"`
+	// Diagnosis is what the step saw before acting (repair, forced-restart).
+	Diagnosis *Diagnosis `json:"diagnosis,omitempty"`
+	// Evidence is where the step kept the console, serial log and diagnosis before forcing.
+	Evidence string `json:"evidence,omitempty"`
 	Outcome  Outcome `json:"outcome"`
 	Detail   string  `json:"detail,omitempty"`
 	Duration Seconds `json:"duration_s"`
@@ -110,11 +114,12 @@ func (a *Actor) report(ctx context.Context, verb Verb, domain string, rep *Repor
 	return *rep, err
 }
 
-// ForcedRestart is the ladder's forced step. A running guest is reset; when its QEMU monitor has
-// been stuck for more than 3 s (a hung QEMU, where a reset would wait ForcedTimeout and fail) or
-// the reset fails, it is destroyed and started instead. A crashed guest is started; one shut off on
-// purpose is not (mayStart). Each forced call counts against MaxForcedPerHour; a dry run prints
-// exactly the steps a real run would take now.
+// ForcedRestart is the ladder's forced step. It diagnoses first: a hung QEMU (its monitor stuck, or
+// no CPU time at all) is destroyed and started at once, since a reset needs the monitor and would
+// wait ForcedTimeout to fail; any other running guest is reset, and destroyed and started when the
+// reset fails. A crashed guest is started; one shut off on purpose is not (mayStart); a guest
+// paused on an I/O error is held (storage). Before forcing, the evidence is saved. Each forced call
+// counts against MaxForcedPerHour; a dry run prints exactly the steps a real run would take now.
 func (a *Actor) ForcedRestart(ctx context.Context, domain string) (Report, error) {
 	var rep Report
 	return a.report(ctx, VerbForcedRestart, domain, &rep, func(j *job) error {
@@ -126,6 +131,8 @@ func (a *Actor) ForcedRestart(ctx context.Context, domain string) (Report, error
 		switch {
 		case before.State == guest.Paused && before.Reason == guest.PausedUser:
 			return fmt.Errorf("%w: domain is %s: paused by an operator; the ladder never resumes it", ErrHeld, before)
+		case before.State == guest.Paused && before.Reason == guest.PausedIOError:
+			return fmt.Errorf("%w: domain is %s: storage failed; a restart does not fix it, a human must", ErrHeld, before)
 		case before.Off() || before.State == guest.Crashed:
 			ok, why := mayStart(before, ds)
 			if !ok {
@@ -135,26 +142,63 @@ func (a *Actor) ForcedRestart(ctx context.Context, domain string) (Report, error
 		case !before.Active():
 			return fmt.Errorf("%w: domain is %s: the forced step does not handle this state", ErrHeld, before)
 		}
-		if stuck, since, err := a.conn.MonitorStuck(ctx, j.domain, 3*time.Second); err == nil && stuck {
-			why := fmt.Sprintf("QEMU monitor occupied for %s: QEMU is hung, a reset would wait on it", since.Round(time.Second))
-			_ = rep.step(StepReset, false, func() (string, error) { return "", fmt.Errorf("%w: %s", errSkipped, why) })
-			return rep.step(StepDestroyStart, a.opts.DryRun, j.destroyStart)
+		diag := j.diagnose(&rep)
+		if diag.Verdict == VerdictQEMUHung {
+			_ = rep.step(StepReset, false, func() (string, error) {
+				return "", fmt.Errorf("%w: %s: a reset would wait on it", errSkipped, diag.Why)
+			})
+			return rep.step(StepDestroyStart, a.opts.DryRun, func() (string, error) { return j.forceWithEvidence(&rep, j.destroyStart) })
 		}
 		err = rep.step(StepReset, a.opts.DryRun, func() (string, error) {
 			if a.opts.DryRun {
 				return "would reset; if the reset fails, destroy and start", j.forcedAllowed()
 			}
-			detail, err := a.reset(ctx, j.domain, before, j.countForced)
-			if err == nil {
-				detail = joinNonEmpty(detail, j.restarted("reset"))
-			}
-			return detail, err
+			return j.forceWithEvidence(&rep, func() (string, error) {
+				detail, err := a.reset(ctx, j.domain, before, j.countForced)
+				if err == nil {
+					detail = joinNonEmpty(detail, j.restarted("reset"))
+				}
+				return detail, err
+			})
 		})
 		if err == nil || a.opts.DryRun || errors.Is(err, ErrRefused) {
 			return err
 		}
 		return rep.step(StepDestroyStart, false, j.destroyStart)
 	})
+}
+
+// diagnose runs the diagnosis inside a step and keeps it in the report; a failed diagnosis is
+// reported as unknown and the step goes on as it would without one.
+func (j *job) diagnose(rep *Report) *Diagnosis {
+	d, err := j.a.Diagnose(j.ctx, j.domain)
+	if err != nil {
+		d = Diagnosis{Domain: j.domain, Verdict: VerdictUnknown, Why: err.Error()}
+	}
+	rep.Diagnosis = &d
+	j.audit.entry.Verdict = d.Verdict
+	return &d
+}
+
+// forceWithEvidence saves the evidence (unless this is a dry run, or the rate limit would refuse
+// anyway) and then runs the forced call.
+func (j *job) forceWithEvidence(rep *Report, force func() (string, error)) (string, error) {
+	if j.a.opts.DryRun {
+		return force()
+	}
+	if err := j.forcedAllowed(); err != nil {
+		return "", err
+	}
+	path, err := j.saveEvidence(rep.Diagnosis)
+	note := ""
+	if err != nil {
+		note = "no evidence: " + err.Error()
+	} else {
+		rep.Evidence, j.audit.entry.Evidence = path, path
+		note = "evidence in " + path
+	}
+	detail, err := force()
+	return joinNonEmpty(detail, note), err
 }
 
 // forcedAllowed is the rate limit's answer now, for a dry run.

@@ -24,6 +24,7 @@ const (
 	VerbResume        Verb = "resume"
 	VerbForcedRestart Verb = "forced-restart"
 	VerbRecover       Verb = "recover"
+	VerbRepair        Verb = "repair"
 	VerbExec          Verb = "exec"
 	VerbPool          Verb = "pool"
 	VerbHold          Verb = "hold"
@@ -64,6 +65,7 @@ func Verbs() []VerbInfo {
 		{VerbResume, Change, false, "DOMAIN", "resume a paused domain"},
 		{VerbForcedRestart, Restart, true, "DOMAIN", "the ladder's forced step: reset, or destroy + start when QEMU is hung or the reset fails; starts a crashed guest, never one stopped on purpose"},
 		{VerbRecover, Restart, true, "DOMAIN", "the whole ladder: drain, reboot, reset, destroy+start, ready; stops when healthy"},
+		{VerbRepair, Restart, true, "DOMAIN", "diagnose, then the cheapest step that works: repair commands for a dead service, reset for a hung OS, destroy+start for a hung QEMU, start after a crash; holds on storage errors and shared failures"},
 		{VerbExec, Change, false, "DOMAIN [--nowait] -- CMD [ARG...]", "run an allow-listed command in the guest through qemu-guest-agent"},
 		{VerbPool, Change, false, "BACKEND SERVER ready|drain|maint", "set an haproxy server's admin state (its guest must be allowed)"},
 		{VerbHold, Operator, false, "DOMAIN|--all [--for DURATION] [--reason TEXT]", "refuse every action on the domain (or the hypervisor) until released or expired"},

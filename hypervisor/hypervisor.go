@@ -99,6 +99,7 @@ func Policy(c *plugin.Config) actions.Policy {
 	}
 	return actions.Policy{
 		Enable: c.ActionsEnable, AllowDomains: c.AllowDomains, AllowBackends: c.AllowBackends, AllowCommands: c.ExecAllow,
+		RepairCommands: c.RepairCommands, EvidenceCommands: c.EvidenceCommands, EvidenceKeep: c.EvidenceKeep,
 		MaxForcedPerHour: c.MaxForcedPerHour, MaxRestartsPerHour: c.MaxRestartsPerHour,
 		MinHealthyPercent: minHealthy, MaxConcurrent: c.MaxConcurrent,
 		StateDir: c.StateDir, AuditLog: c.AuditLog,

@@ -78,3 +78,26 @@ func (c *Conn) MonitorStuck(ctx context.Context, domain string, limit time.Durat
 	since := time.Duration(info.StateTime) * time.Millisecond
 	return info.State == libvirt.DOMAIN_CONTROL_OCCUPIED && since > limit, since, nil
 }
+
+// CPUTime is the domain's total CPU time so far (virDomainGetCPUStats from the domain's cgroup,
+// which needs neither QEMU's monitor nor the domain's job: it answers for a hung QEMU too).
+func (c *Conn) CPUTime(ctx context.Context, domain string) (time.Duration, error) {
+	var total time.Duration
+	err := c.Do(ctx, func(l *libvirt.Connect) error {
+		d, err := LookupDomain(l, domain)
+		if err != nil {
+			return err
+		}
+		defer d.Free()
+		stats, err := d.GetCPUStats(-1, 1, 0)
+		if err != nil {
+			return err
+		}
+		if len(stats) == 0 || !stats[0].CpuTimeSet {
+			return fmt.Errorf("no cpu_time in the domain's CPU statistics")
+		}
+		total = time.Duration(stats[0].CpuTime)
+		return nil
+	})
+	return total, err
+}

@@ -39,6 +39,9 @@ type Config struct {
 	MinHealthyPercent  int
 	MaxConcurrent      int
 	ExecAllow          []string
+	RepairCommands     [][]string
+	EvidenceCommands   [][]string
+	EvidenceKeep       int
 	GentleMode         string
 	GentleTimeout      time.Duration
 	ForcedTimeout      time.Duration
@@ -69,6 +72,24 @@ func intRange(lo, hi int, set func(*Config, int)) func(*Config, string) error {
 			return fmt.Errorf("must be an integer from %d to %d", lo, hi)
 		}
 		set(c, n)
+		return nil
+	}
+}
+
+func commandList(set func(*Config, [][]string)) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		var cmds [][]string
+		for _, part := range strings.Split(v, ",") {
+			if part = strings.TrimSpace(part); part == "" {
+				continue
+			}
+			argv, err := SplitCommand(part)
+			if err != nil {
+				return fmt.Errorf("command %q: %v", part, err)
+			}
+			cmds = append(cmds, argv)
+		}
+		set(c, cmds)
 		return nil
 	}
 }
@@ -172,6 +193,9 @@ var options = []option{
 		}
 		return nil
 	}},
+	{"Exec.RepairCommands", "", "", "Comma-separated commands that `repair` runs, in order and without a shell, in a guest whose OS runs but whose service fails haproxy's check, e.g. systemctl restart nginx. Quotes group words. Empty: repair runs none (the timed ladder then decides).", commandList(func(c *Config, v [][]string) { c.RepairCommands = v })},
+	{"Exec.EvidenceCommands", "", "", "Comma-separated commands run in the guest (while its agent answers) before a forced step, their output kept with the evidence, e.g. journalctl -k -n 50.", commandList(func(c *Config, v [][]string) { c.EvidenceCommands = v })},
+	{"Actions.EvidenceKeep", "10", "1-1000", "Evidence directories (console screenshot, serial log tail, diagnosis) kept per domain under StateDir/evidence/.", intRange(1, 1000, func(c *Config, n int) { c.EvidenceKeep = n })},
 	{"StateDir", "/var/lib/zabbix-agent2-plugin-kvm", "", "Directory for per-domain locks and rate-limit state, shared by the plugin and the CLI.", absPath(func(c *Config, v string) { c.StateDir = v })},
 	{"AuditLog", "/var/log/zabbix/kvm-actions.log", "", "File that gets one JSON line per action attempt.", absPath(func(c *Config, v string) { c.AuditLog = v })},
 	{"Push.Server", "", "", "host:port of the Zabbix server or proxy trapper that gets haproxy server state changes at once. Empty: no push.", func(c *Config, v string) error {
@@ -190,6 +214,17 @@ var options = []option{
 // ParseOptions builds a Config from flat options (as conf.Flatten returns them). Every problem is
 // reported with the option's full name and its line in the config file; unknown options are errors.
 func ParseOptions(opts map[string]conf.Value, globalTimeout int) (*Config, error) {
+	return ParseOptionsAt(opts, globalTimeout, func(_ string, line int) string { return fmt.Sprintf("line %d", line) })
+}
+
+// ParseOptionsAt is ParseOptions with where naming the place of an option ("file, line N").
+func ParseOptionsAt(opts map[string]conf.Value, globalTimeout int, where func(name string, line int) string) (*Config, error) {
+	at := func(name string, v conf.Value) string {
+		if v.Line > 0 {
+			return " (" + where(name, v.Line) + ")"
+		}
+		return ""
+	}
 	c := &Config{}
 	known := map[string]bool{}
 	for _, o := range options {
@@ -203,13 +238,13 @@ func ParseOptions(opts map[string]conf.Value, globalTimeout int) (*Config, error
 			continue
 		}
 		if err := o.apply(c, val); err != nil {
-			return nil, fmt.Errorf("invalid option Plugins.%s.%s=%q%s: %v", Name, o.name, val, lineOf(v), err)
+			return nil, fmt.Errorf("invalid option Plugins.%s.%s=%q%s: %v", Name, o.name, val, at(o.name, v), err)
 		}
 	}
 	var unknown []string
 	for k, v := range opts {
 		if !known[k] {
-			unknown = append(unknown, fmt.Sprintf("Plugins.%s.%s%s", Name, k, lineOf(v)))
+			unknown = append(unknown, fmt.Sprintf("Plugins.%s.%s%s", Name, k, at(k, v)))
 		}
 	}
 	if len(unknown) > 0 {
@@ -257,13 +292,6 @@ func (c *Config) GuestAddressAllowed(ip string) error {
 func TestDriver(uri string) bool {
 	scheme, _, _ := strings.Cut(uri, ":")
 	return scheme == "test" || strings.HasPrefix(scheme, "test+")
-}
-
-func lineOf(v conf.Value) string {
-	if v.Line > 0 {
-		return fmt.Sprintf(" (line %d)", v.Line)
-	}
-	return ""
 }
 
 // ReadConfigFile reads Plugins.KVM.* lines from an agent-style config file (the plugin's own

@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"context"
+	"time"
 
 	"zabbix-agent2-plugin-kvm/kvm/guest"
 )
@@ -61,10 +62,15 @@ func domainState(s Stats) handler {
 }
 
 // macByTarget maps interface targets (vnetN) to MACs from the inventory. Statistics carry target
-// names only; the MAC tells devices apart across restarts. A failed inventory read leaves MACs out
-// rather than failing the key: the counters are the point.
+// names only; the MAC tells devices apart across restarts. The counters are the point, so the
+// lookup gets at most half of the time left, and a failed one leaves the MACs out.
 func macByTarget(ctx context.Context, inv Inventory, domain string) map[string]string {
 	out := map[string]string{}
+	if dl, ok := ctx.Deadline(); ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, time.Until(dl)/2)
+		defer cancel()
+	}
 	i, err := inv.Get(ctx, domain, false)
 	if err != nil {
 		return out

@@ -14,15 +14,20 @@ func startEvents(cfg *Config, deps *Deps, log Logger) func() {
 		return nil
 	}
 	stop := deps.Events.Watch(func(e guest.Event) {
+		dir, err := statedir.Open(cfg.StateDir)
+		if err != nil {
+			log.Warningf("libvirt event %s %s of %s not recorded: %v", e.Kind, e.Reason, e.Domain, err)
+			return
+		}
+		now := statedir.SystemClock{}.Now()
+		// the diagnosis before a repair reads what happened lately
+		if err := dir.AddEvent(e.Domain, statedir.EventNote{At: now, Kind: e.Kind, Reason: e.Reason}); err != nil {
+			log.Warningf("libvirt event %s of %s not recorded: %v", e.Kind, e.Domain, err)
+		}
 		if e.Kind != "reboot" {
 			return
 		}
-		dir, err := statedir.Open(cfg.StateDir)
-		if err != nil {
-			log.Warningf("loop guard: %s rebooted by itself: %v", e.Domain, err)
-			return
-		}
-		quarantined, err := dir.RecordGuestReboot(e.Domain, statedir.SystemClock{}.Now(), cfg.MaxRestartsPerHour)
+		quarantined, err := dir.RecordGuestReboot(e.Domain, now, cfg.MaxRestartsPerHour)
 		switch {
 		case err != nil:
 			log.Warningf("loop guard: %s rebooted by itself: %v", e.Domain, err)

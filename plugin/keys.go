@@ -33,6 +33,7 @@ const (
 	keyDomainHTTP          = "kvm.domain.http"
 	keyDomainExec          = "kvm.domain.exec"
 	keyDomainGuard         = "kvm.domain.guard"
+	keyActionsCheck        = "kvm.actions.check"
 	keyHAProxyDiscovery    = "haproxy.discovery"
 	keyHAProxyServerDisc   = "haproxy.server.discovery"
 	keyHAProxyGet          = "haproxy.get"
@@ -97,6 +98,8 @@ func keys(d *Deps, cfg *Config) map[string]key {
 			domainExec(d.Actions)},
 		keyDomainGuard: {metric.New("What stops actions on a domain: an operator's hold (of the domain or the hypervisor), a loop-guard quarantine, and the restarts and forced actions of the last hour, as JSON.", dom, false),
 			domainGuard(d.Stats, cfg.StateDir)},
+		keyActionsCheck: {metric.New("Whether the ladder's actions can run here as the agent's user (StateDir, AuditLog, libvirt, haproxy, the plugin binary, root-owned config), as JSON with the problems found.", nil, false),
+			actionsCheck(cfg, d)},
 		keyHAProxyDiscovery: {metric.New("LLD of haproxy frontends and backends.", nil, false), haproxyDiscovery(d.HAProxy)},
 		keyHAProxyServerDisc: {metric.New("LLD of haproxy servers, with the libvirt domain that owns each server's address.", nil, false),
 			haproxyServerDiscovery(d.HAProxy, d.Stats, d.Inventory)},

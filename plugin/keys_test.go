@@ -282,7 +282,7 @@ func TestKeyNamesAreStable(t *testing.T) {
 		names = append(names, strings.SplitN(k[0], "[", 2)[0])
 	}
 	require.Equal(t, []string{"haproxy.discovery", "haproxy.get", "haproxy.info", "haproxy.server.discovery",
-		"haproxy.server.set", "haproxy.server.status", "kvm.domain.agent.get", "kvm.domain.agent.ping",
+		"haproxy.server.set", "haproxy.server.status", "kvm.actions.check", "kvm.domain.agent.get", "kvm.domain.agent.ping",
 		"kvm.domain.discovery", "kvm.domain.disk.discovery", "kvm.domain.exec", "kvm.domain.get", "kvm.domain.guard",
 		"kvm.domain.http", "kvm.domain.net.discovery", "kvm.domain.state", "kvm.domain.tcp",
 		"kvm.hypervisor.get", "kvm.hypervisor.ping"}, names)
@@ -316,4 +316,30 @@ func TestGuardItem(t *testing.T) {
 	require.Contains(t, g.Quarantine.Reason, "2 restarts within an hour")
 	require.Equal(t, 2, g.Restarts1h)
 	require.Nil(t, g.HypervisorHold)
+}
+
+// kvm.actions.check names each prerequisite of the ladder that fails for this user.
+func TestActionsCheck(t *testing.T) {
+	dir := t.TempDir()
+	p, _ := fixture(t, "qemu:///system", "StateDir", dir+"/state", "AuditLog", dir+"/missing/audit.log",
+		"System.Path", dir+"/no-such-binary")
+	v, err := get(t, p, "kvm.actions.check")
+	require.NoError(t, err)
+	var pr prereqs
+	require.NoError(t, json.Unmarshal([]byte(v), &pr))
+	require.Equal(t, 0, pr.OK)
+	require.Equal(t, 0, pr.Enabled)
+	joined := strings.Join(pr.Problems, "\n")
+	require.Contains(t, joined, "actions are disabled (Plugins.KVM.Actions.Enable=0)")
+	require.Contains(t, joined, "AuditLog "+dir+"/missing/audit.log: directory "+dir+"/missing does not exist")
+	require.Contains(t, joined, "the plugin binary "+dir+"/no-such-binary")
+	require.NotContains(t, joined, "StateDir", "a creatable state dir is fine")
+
+	bin := dir + "/plugin"
+	require.NoError(t, os.WriteFile(bin, []byte("#!/bin/sh\n"), 0o755))
+	p, _ = fixture(t, "qemu:///system", "StateDir", dir+"/state", "AuditLog", dir+"/audit.log", "System.Path", bin,
+		"Actions.Enable", "1", "Actions.AllowDomains", "web-.*")
+	v, err = get(t, p, "kvm.actions.check")
+	require.NoError(t, err)
+	require.JSONEq(t, `{"ok":1,"enabled":1,"problems":[]}`, v)
 }

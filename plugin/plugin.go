@@ -53,7 +53,7 @@ func (p *Plugin) Validate(options any) error {
 	if err != nil {
 		return err
 	}
-	_, err = ParseOptions(opts, 0)
+	_, err = ParseOptionsAt(opts, 0, agentLocator())
 	return err
 }
 
@@ -67,7 +67,7 @@ func (p *Plugin) Configure(global *sdk.GlobalOptions, options any) {
 		if global != nil {
 			timeout = global.Timeout
 		}
-		cfg, err = ParseOptions(opts, timeout)
+		cfg, err = ParseOptionsAt(opts, timeout, agentLocator())
 	}
 	if err != nil {
 		p.Errf("configuration: %v", err)
@@ -119,6 +119,12 @@ func (p *Plugin) Start() {
 	if cfg == nil {
 		return
 	}
+	// a ladder that cannot run is said at once in the agent's log (and by kvm.actions.check in Zabbix)
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.Timeout)
+	if pr := cfg.checkPrereqs(ctx, deps, pluginConfigFiles()); pr.OK == 0 {
+		p.Warningf("actions cannot run here: %s", strings.Join(pr.Problems, "; "))
+	}
+	cancel()
 	var stops []func()
 	if stop := startEvents(cfg, deps, p.Logger()); stop != nil {
 		stops = append(stops, stop)

@@ -183,3 +183,44 @@ func (d *Dir) RecordGuestReboot(domain string, now Stamp, max int) (bool, error)
 	})
 	return quarantined, err
 }
+
+// EventNote is one libvirt event the plugin saw for a domain, kept for the diagnosis.
+type EventNote struct {
+	At     Stamp  `json:"at"`
+	Kind   string `json:"kind"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// keepEvents is how many recent events a domain keeps.
+const keepEvents = 20
+
+func eventsFile(domain string) string { return Stem(domain) + ".events.json" }
+
+// AddEvent records an event of a domain, keeping the most recent ones. Only the plugin's event
+// watcher writes this file (one writer), so it needs no lock; readers see a whole file.
+func (d *Dir) AddEvent(domain string, e EventNote) error {
+	var evs []EventNote
+	if err := d.readJSON(eventsFile(domain), &evs); err != nil {
+		return err
+	}
+	evs = append(evs, e)
+	if len(evs) > keepEvents {
+		evs = evs[len(evs)-keepEvents:]
+	}
+	return d.writeJSON(eventsFile(domain), evs)
+}
+
+// RecentEvents returns a domain's events younger than window, oldest first.
+func (d *Dir) RecentEvents(domain string, now Stamp, window time.Duration) ([]EventNote, error) {
+	var evs []EventNote
+	if err := d.readJSON(eventsFile(domain), &evs); err != nil {
+		return nil, err
+	}
+	var out []EventNote
+	for _, e := range evs {
+		if Since(e.At, now) < window {
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}

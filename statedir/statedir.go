@@ -219,3 +219,34 @@ func OpenExisting(path string) (*Dir, error) {
 	}
 	return Open(path)
 }
+
+// CheckAppendable says whether path could take an audit line now, without writing one: its
+// directory exists, and the file opens for appending (it is created, empty, when missing) without
+// following a symlink.
+func CheckAppendable(path string) error {
+	dir := filepath.Dir(path)
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		return fmt.Errorf("directory %s does not exist", dir)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o640)
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+// CheckWritable says whether the state directory can be used by this process now: it opens (or
+// creates) it with Open's checks and creates and removes a file in it.
+func CheckWritable(path string) error {
+	d, err := Open(path)
+	if err != nil {
+		return err
+	}
+	name := fmt.Sprintf(".check-%d", os.Getpid())
+	f, err := d.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC)
+	if err != nil {
+		return fmt.Errorf("state dir %s: %w", path, err)
+	}
+	f.Close()
+	return os.Remove(filepath.Join(path, name))
+}

@@ -93,14 +93,17 @@ func (e *env) policy(mod func(*actions.Policy)) actions.Policy {
 		AllowDomains:     `act-[a-z-]+`,
 		AllowCommands:    []string{`/bin/busybox (hostname|true)`, `/bin/busybox sh -c 'exit [0-9]+'`, `/bin/busybox seq [0-9]+`},
 		MaxForcedPerHour: 50,
-		StateDir:         filepath.Join(e.dir, "state"),
-		AuditLog:         filepath.Join(e.dir, "audit.log"),
-		GentleMode:       actions.ModeACPI,
-		GentleTimeout:    20 * time.Second,
-		ForcedTimeout:    20 * time.Second,
-		HealthTimeout:    boot,
-		ExecTimeout:      10 * time.Second,
-		LockWait:         5 * time.Second,
+		// the scenarios run in parallel on purpose, each on its own guest, and restart them often
+		MaxConcurrent:      20,
+		MaxRestartsPerHour: 100,
+		StateDir:           filepath.Join(e.dir, "state"),
+		AuditLog:           filepath.Join(e.dir, "audit.log"),
+		GentleMode:         actions.ModeACPI,
+		GentleTimeout:      20 * time.Second,
+		ForcedTimeout:      20 * time.Second,
+		HealthTimeout:      boot,
+		ExecTimeout:        10 * time.Second,
+		LockWait:           5 * time.Second,
 	}
 	if mod != nil {
 		mod(&p)

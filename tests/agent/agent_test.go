@@ -123,6 +123,8 @@ func TestAgentRejectsInvalidOption(t *testing.T) {
 				require.Error(t, err, out)
 				require.NotContains(t, err.Error(), "hung", out)
 				require.Contains(t, out, c.want)
+				// the agent gives the plugin the option's line only; the plugin finds the file
+				require.Contains(t, out, a.Conf+", line ", "the error names the file")
 				t.Logf("agent %s refused %s=%s in %s: %s", v, c.opt, c.val, time.Since(start).Round(time.Millisecond), firstLine(out, c.want))
 			})
 		}

@@ -396,15 +396,16 @@ func (e *env) waitGuestHosts(specs []guestSpec) {
 	gt, _ := e.rep.Find("template", templates.Guest)
 	deadline := 4 * time.Minute
 	harness.WaitFor(e.t, deadline, time.Second, "one Zabbix host per guest with the guest template", func() (bool, error) {
+		// a guest host's technical name is its domain's UUID; the visible name is the domain's name
 		var hosts []struct {
 			HostID          string `json:"hostid"`
-			Host            string `json:"host"`
+			Name            string `json:"name"`
 			Flags           string `json:"flags"`
 			ParentTemplates []struct {
 				TemplateID string `json:"templateid"`
 			} `json:"parentTemplates"`
 		}
-		if err := e.try("host.get", map[string]any{"output": []string{"hostid", "host", "flags"},
+		if err := e.try("host.get", map[string]any{"output": []string{"hostid", "name", "flags"},
 			"selectParentTemplates": []string{"templateid"}, "filter": map[string]any{"flags": 4}}, &hosts); err != nil {
 			return false, err
 		}
@@ -412,8 +413,8 @@ func (e *env) waitGuestHosts(specs []guestSpec) {
 		for _, h := range hosts {
 			for _, p := range h.ParentTemplates {
 				if p.TemplateID == gt.ID {
-					found[h.Host] = true
-					e.hosts[h.Host] = h.HostID
+					found[h.Name] = true
+					e.hosts[h.Name] = h.HostID
 				}
 			}
 		}

@@ -2,6 +2,7 @@ package harness
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -164,9 +165,31 @@ func (a *Agent) Run(t testing.TB, timeout time.Duration, args ...string) (string
 	}
 }
 
+// agent60StartRace is how zabbix_agent2 6.0.14 dies when it loses a race of its own at start:
+// its plugin-death listener (external_nix.go, listenOnPluginFail) takes the first SIGCHLD after the
+// registration run and panics when wait4(-1, WNOHANG) finds no child. Seen here in 1 to 3 of 15
+// starts with this plugin and with a plugin that only registers. 7.0 rewrote that code.
+const agent60StartRace = "failed to obtain PID of dead child process"
+
 // Start runs the agent in the foreground (-f) in its own process group and waits until it answers
-// agent.ping. Cleanup stops it (SIGTERM to the agent, then SIGKILL to the group).
+// agent.ping. Cleanup stops it (SIGTERM to the agent, then SIGKILL to the group). A 6.0 agent that
+// dies of its known start-up race (agent60StartRace) is started again, at most twice, and the test
+// log says so: in production the packaged systemd drop-in restarts it the same way.
 func (a *Agent) Start(t testing.TB) {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		err := a.start(t)
+		if err == nil {
+			return
+		}
+		if a.Version != "6.0" || attempt == 3 || !strings.Contains(err.Error(), agent60StartRace) {
+			t.Fatal(err)
+		}
+		t.Logf("zabbix_agent2 6.0 died of its start-up race (attempt %d), starting it again: %s", attempt, agent60StartRace)
+	}
+}
+
+func (a *Agent) start(t testing.TB) error {
 	t.Helper()
 	cmd := exec.Command(a.Binary, "-c", a.Conf, "-f")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -179,20 +202,27 @@ func (a *Agent) Start(t testing.TB) {
 		t.Fatal(err)
 	}
 	a.cmd = cmd
-	a.exited = make(chan struct{})
-	go func() { a.err = cmd.Wait(); out.Close(); close(a.exited) }()
+	exited := make(chan struct{})
+	a.exited = exited
+	go func() { a.err = cmd.Wait(); out.Close(); close(exited) }()
 	t.Cleanup(func() { a.Stop() })
-	WaitFor(t, 20*time.Second, 50*time.Millisecond, "zabbix_agent2 "+a.Version+" to answer agent.ping", func() (bool, error) {
+	return Wait(context.Background(), 20*time.Second, 50*time.Millisecond, func() (bool, error) {
 		select {
-		case <-a.exited:
+		case <-exited:
 			b, _ := os.ReadFile(filepath.Join(a.Dir, "agent.out"))
-			return false, fmt.Errorf("agent exited: %v: %s %s", a.err, b, a.Log())
+			return false, &exitedErr{fmt.Sprintf("zabbix_agent2 %s exited while starting: %v: %s %s", a.Version, a.err, b, a.Log())}
 		default:
 		}
 		v, err := a.Query("agent.ping", 2*time.Second)
 		return err == nil && v == "1", err
 	})
 }
+
+// exitedErr ends a wait at once: the agent is gone, waiting longer cannot help.
+type exitedErr struct{ msg string }
+
+func (e *exitedErr) Error() string { return e.msg }
+func (e *exitedErr) Final() bool   { return true }
 
 // Stop stops a started agent; it is idempotent.
 func (a *Agent) Stop() {

@@ -4,6 +4,7 @@ package harness
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -50,7 +51,8 @@ func WaitFor(t testing.TB, timeout, step time.Duration, what string, cond func()
 	}
 }
 
-// Wait is WaitFor without a test: it returns an error naming the last failure.
+// Wait is WaitFor without a test: it returns an error naming the last failure. A condition error
+// with a Final() method that says true ends the wait at once (what it waits for can no longer happen).
 func Wait(ctx context.Context, timeout, step time.Duration, cond func() (bool, error)) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -59,6 +61,10 @@ func Wait(ctx context.Context, timeout, step time.Duration, cond func() (bool, e
 		ok, err := cond()
 		if ok {
 			return nil
+		}
+		var final interface{ Final() bool }
+		if errors.As(err, &final) && final.Final() {
+			return err
 		}
 		if err != nil {
 			last = err
