@@ -119,13 +119,14 @@ type services struct {
 	r    *runner
 	conn *libvirt.Connect
 	http map[string]*harness.HTTPBackend
-	ids  map[string]uint // the watcher's own: the last ID seen running (0: not running)
+	ids  map[string]uint // the watcher's own: the ID each domain last ran under
+	off  map[string]bool // the watcher's own: seen shut off since
 	stop chan struct{}
 	done chan struct{}
 }
 
 func startServices(r *runner, conn *libvirt.Connect, names []string, portLo, portHi int) *services {
-	s := &services{r: r, conn: conn, http: map[string]*harness.HTTPBackend{}, ids: map[string]uint{},
+	s := &services{r: r, conn: conn, http: map[string]*harness.HTTPBackend{}, ids: map[string]uint{}, off: map[string]bool{},
 		stop: make(chan struct{}), done: make(chan struct{})}
 	for _, n := range names {
 		s.http[n] = harness.NewHTTPBackend(r, portLo, portHi)
@@ -181,19 +182,16 @@ func (s *services) watch(names []string) {
 			if err != nil {
 				continue // libvirtd busy or stopping: read again next tick
 			}
-			last := s.ids[n]
-			s.ids[n] = id
 			switch {
-			case !running && last != 0:
+			case !running && !s.off[n]:
+				s.off[n] = true
 				s.http[n].Stop()
 				s.r.say.line(fmt.Sprintf("[guest %s] shut off: its service is gone with it", n))
-			case running && id != last:
+			case running && id != s.ids[n]:
+				was := s.ids[n]
+				s.ids[n], s.off[n] = id, false
 				s.http[n].Start()
-				was := "shut off"
-				if last != 0 {
-					was = fmt.Sprintf("ID %d", last)
-				}
-				s.r.say.line(fmt.Sprintf("[guest %s] running again under libvirt ID %d (was %s): the demo starts its service, as the guest's boot would", n, id, was))
+				s.r.say.line(fmt.Sprintf("[guest %s] running again under libvirt ID %d (was ID %d): the demo starts its service, as the guest's boot would", n, id, was))
 			}
 		}
 	}
