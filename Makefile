@@ -58,8 +58,9 @@ bench-e2e: deps
 	$(MAKE) build
 	bash scripts/bench.sh e2e
 
-# A real zabbix_agent2 with the plugin on libvirt's embedded test driver and a real haproxy in
-# front of loopback HTTP servers named after the test domains: monitoring, then the ladder.
+# The main job, narrated (tests/demo): real zabbix_agent2 7.0/6.0 with the plugin on libvirt's test
+# driver (served by a libvirtd the demo starts), a real haproxy whose servers are named after the test
+# domains; one guest's service dies, the plugin reports and pushes it, recover heals it, a hold refuses.
 demo: deps-demo
 	$(MAKE) build
 	bash scripts/demo.sh
