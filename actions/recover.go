@@ -434,7 +434,8 @@ func (j *job) waitHealth(rep *Report) error {
 			if ok {
 				return fmt.Sprintf("healthy after %d probes: %s", probes, detail), nil
 			}
-			if time.Now().After(deadline) || j.ctx.Err() != nil {
+			// the next probe must start before the deadline, or it only reports the deadline
+			if time.Until(deadline) <= healthProbeStep || j.ctx.Err() != nil {
 				return "", fmt.Errorf("%w: not healthy within %s (%d probes, last: %s)", ErrNotDone, j.a.pol.HealthTimeout, probes, detail)
 			}
 			select {

@@ -175,6 +175,10 @@ func (c *Conn) Do(ctx context.Context, fn func(*libvirt.Connect) error) error {
 		ctx, cancel = context.WithTimeout(ctx, c.timeout)
 		defer cancel()
 	}
+	if err := ctx.Err(); err != nil {
+		// an expired context is not a busy pool: say why, and do not hand a worker a dead job
+		return fmt.Errorf("libvirt call on %s: %w", c.uri, err)
+	}
 	j := job{ctx: ctx, fn: fn, done: make(chan error, 1)}
 	select {
 	case c.jobs <- j:
