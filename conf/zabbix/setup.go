@@ -34,7 +34,8 @@ const (
 // Options of Setup. Every field has a flag-friendly type; zero values take the documented default.
 type Options struct {
 	// PluginPath is the plugin binary on the hypervisors; the restart scripts run
-	// "<PluginPath> reboot|reset '<domain>'" through the hypervisor's agent (system.run).
+	// "exec <PluginPath> --caller zabbix reboot|forced-restart '<domain>'" through the hypervisor's
+	// agent (system.run).
 	// Default /usr/sbin/zabbix-agent2-plugin/zabbix-agent2-plugin-kvm.
 	PluginPath string
 	// ConfigFile, when set, is passed to the plugin as -c (default: the plugin's own default,
@@ -733,12 +734,15 @@ func (s *setup) scripts(ctx context.Context) error {
 // single quotes: the agent runs the text through /bin/sh, and Zabbix allows only letters, digits,
 // space, dot, dash and underscore in host names, so no quote or shell construct can come from it
 // (a free-text macro such as {$KVM.DOMAIN} could). Guest hosts are named after their domain by the
-// template's host prototype.
+// template's host prototype. The command starts with `exec <plugin> -` because the AllowKey rules of
+// conf/zabbix_agent2.conf let nothing else through: exec replaces the shell by the plugin, so
+// nothing after a newline can run.
 func (o *Options) Command(verb string) string {
-	cmd := o.PluginPath
-	if cmd == "" {
-		cmd = DefaultPlugin
+	plugin := o.PluginPath
+	if plugin == "" {
+		plugin = DefaultPlugin
 	}
+	cmd := "exec " + plugin
 	if o.ConfigFile != "" {
 		cmd += " -c " + o.ConfigFile
 	}

@@ -91,6 +91,7 @@ type Agent struct {
 	Conf    string
 	Port    int
 	LogFile string
+	env     []string // extra environment (KEY=VALUE) for the agent and everything it runs
 	cmd     *exec.Cmd
 	exited  chan struct{}
 	err     error
@@ -101,6 +102,7 @@ type AgentOptions struct {
 	Plugin     string            // plugin binary (default PluginBinary)
 	Options    map[string]string // Plugins.KVM.* without the prefix
 	Extra      []string          // further agent config lines (AllowKey=…, UserParameter=…)
+	Env        []string          // extra environment (KEY=VALUE), e.g. a PATH for system.run
 	Timeout    int               // agent Timeout (default 5)
 	PortLo     int               // port range (default 10100-10999)
 	PortHi     int
@@ -124,7 +126,7 @@ func WriteAgentConf(t testing.TB, version string, o AgentOptions) *Agent {
 	}
 	dir := t.TempDir()
 	a := &Agent{Version: version, Binary: AgentBinary(t, version), Dir: dir, Port: FreePort(t, o.PortLo, o.PortHi),
-		LogFile: filepath.Join(dir, "agent.log"), Conf: filepath.Join(dir, "zabbix_agent2.conf")}
+		LogFile: filepath.Join(dir, "agent.log"), Conf: filepath.Join(dir, "zabbix_agent2.conf"), env: o.Env}
 	var b strings.Builder
 	fmt.Fprintf(&b, "LogType=file\nLogFile=%s\nLogFileSize=0\nDebugLevel=%d\nPidFile=%s/agent.pid\n", a.LogFile, o.DebugLevel, dir)
 	fmt.Fprintf(&b, "Server=127.0.0.1\nServerActive=\nListenIP=127.0.0.1\nListenPort=%d\nHostname=kvm-test-%s\nTimeout=%d\n", a.Port, version, o.Timeout)
@@ -147,6 +149,7 @@ func WriteAgentConf(t testing.TB, version string, o AgentOptions) *Agent {
 func (a *Agent) Run(t testing.TB, timeout time.Duration, args ...string) (string, error) {
 	t.Helper()
 	cmd := exec.Command(a.Binary, append([]string{"-c", a.Conf}, args...)...)
+	cmd.Env = a.environ()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
@@ -192,6 +195,7 @@ func (a *Agent) Start(t testing.TB) {
 func (a *Agent) start(t testing.TB) error {
 	t.Helper()
 	cmd := exec.Command(a.Binary, "-c", a.Conf, "-f")
+	cmd.Env = a.environ()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	out, err := os.Create(filepath.Join(a.Dir, "agent.out"))
 	if err != nil {
@@ -305,22 +309,44 @@ func (a *Agent) PID() int {
 	return a.cmd.Process.Pid
 }
 
-// SystemRunRules are the system.run rules of conf/zabbix_agent2.conf with the shipped plugin path
-// replaced by bin: the agent may run the plugin binary and nothing else.
+// ShippedPluginPath is the plugin path the rules in conf/zabbix_agent2.conf name.
+const ShippedPluginPath = "/usr/sbin/zabbix-agent2-plugin/zabbix-agent2-plugin-kvm"
+
+// SystemRunRules are the AllowKey/DenyKey lines of conf/zabbix_agent2.conf, in their order, with the
+// shipped plugin path replaced by bin. It fails on a file whose rules lost the shape the remote
+// tests rely on: DenyKey rules first (the agent takes the first match), then AllowKey rules that
+// let only `exec <plugin> -…` through, then DenyKey=system.run[*].
 func SystemRunRules(t testing.TB, bin string) []string {
 	t.Helper()
 	shipped, err := os.ReadFile(filepath.Join(RepoRoot(t), "conf", "zabbix_agent2.conf"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var rules []string
-	for _, l := range strings.Split(string(shipped), "\n") {
-		if strings.HasPrefix(l, "AllowKey=") || strings.HasPrefix(l, "DenyKey=") {
-			rules = append(rules, strings.ReplaceAll(l, "/usr/sbin/zabbix-agent2-plugin/zabbix-agent2-plugin-kvm", bin))
-		}
+	// a test build in a directory whose name a DenyKey refuses would make every command "hostile"
+	if strings.ContainsAny(bin, ";&|$`()<>\\\"'?[]{}#~! \t\n") || strings.Contains(bin, "..") || strings.Contains(bin, "proc/") {
+		t.Fatalf("plugin path %q holds a character or sequence the shipped DenyKey rules refuse", bin)
 	}
-	if len(rules) != 3 {
-		t.Fatalf("conf/zabbix_agent2.conf: want two AllowKey lines and one DenyKey, got %q", rules)
+	var rules []string
+	allows := 0
+	for _, l := range strings.Split(string(shipped), "\n") {
+		l = strings.TrimSpace(l)
+		switch {
+		case strings.HasPrefix(l, "DenyKey="):
+			if allows > 0 && l != "DenyKey=system.run[*]" {
+				t.Fatalf("conf/zabbix_agent2.conf: %q comes after an AllowKey line, so it would never refuse what that allows", l)
+			}
+		case strings.HasPrefix(l, "AllowKey="):
+			if !strings.HasPrefix(l, "AllowKey=system.run[exec "+ShippedPluginPath+" -") {
+				t.Fatalf("conf/zabbix_agent2.conf: %q allows more than `exec <plugin> -…`", l)
+			}
+			allows++
+		default:
+			continue
+		}
+		rules = append(rules, strings.ReplaceAll(l, ShippedPluginPath, bin))
+	}
+	if allows == 0 || len(rules) == allows+1 || rules[len(rules)-1] != "DenyKey=system.run[*]" {
+		t.Fatalf("conf/zabbix_agent2.conf: want DenyKey rules, then AllowKey rules for the plugin, then DenyKey=system.run[*]; got %q", rules)
 	}
 	return rules
 }
@@ -361,3 +387,7 @@ func AllAuditLines(t testing.TB, path string) []map[string]any {
 	}
 	return out
 }
+
+// environ is the agent's environment: the test process's, with AgentOptions.Env on top (for a
+// duplicate key exec uses the last value).
+func (a *Agent) environ() []string { return append(os.Environ(), a.env...) }

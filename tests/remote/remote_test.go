@@ -1,8 +1,9 @@
 //go:build integration
 
 // Package remote proves the documented way Zabbix calls actions: a remote command reaches a real
-// zabbix_agent2 as system.run[<command>,nowait|wait]; AllowKey/DenyKey let only the plugin binary
-// run, and hostile names never make the shell run anything else.
+// zabbix_agent2 as system.run[<command>,nowait|wait]; the shipped AllowKey/DenyKey rules let only
+// `exec <plugin> -…` run, and a corpus of hostile keys (corpus_test.go) never makes the shell run
+// anything else.
 package remote
 
 import (
@@ -46,7 +47,7 @@ func (e *env) auditLines(t *testing.T) []map[string]any { return harness.AuditLi
 
 // script is what the provisioned Zabbix global script holds, with {HOST.HOST} expanded by Zabbix.
 func (e *env) script(verb, host string) string {
-	return fmt.Sprintf("%s -c %s --caller zabbix %s '%s'", e.bin, e.conf, verb, host)
+	return fmt.Sprintf("exec %s -c %s --caller zabbix %s '%s'", e.bin, e.conf, verb, host)
 }
 
 func TestRemoteCommandRunsThePlugin(t *testing.T) {
@@ -73,60 +74,6 @@ func TestRemoteCommandRunsThePlugin(t *testing.T) {
 	}
 }
 
-// Every other command is refused by the agent itself.
-func TestOnlyThePluginMayRun(t *testing.T) {
-	e := setup(t, "7.0")
-	marker := filepath.Join(e.dir, "ran")
-	for _, cmd := range []string{
-		"touch " + marker,
-		"/bin/sh -c 'touch " + marker + "'",
-		e.bin + "-evil reboot test; touch " + marker, // a longer binary name with our prefix
-		"/usr/bin/env " + e.bin + " reboot test",     // the plugin, but not as the command itself
-	} {
-		for _, mode := range []string{"", ",wait", ",nowait"} {
-			_, err := e.agent.Query("system.run["+cmd+mode+"]", 10*time.Second)
-			var ns *harness.ErrNotSupported
-			require.ErrorAs(t, err, &ns, cmd+mode)
-			require.Contains(t, ns.Reason, "Unknown metric system.run", cmd+mode)
-		}
-	}
-	_, err := os.Stat(marker)
-	require.True(t, os.IsNotExist(err), "a refused command ran")
-}
-
-// Host names as Zabbix allows them (letters, digits, space, dot, dash, underscore) and hostile
-// strings, placed where the provisioned script puts {HOST.HOST}: the plugin gets the name as one
-// argument, literally, and no shell construct in it runs.
-func TestHostileNamesRunNothingElse(t *testing.T) {
-	e := setup(t, "7.0")
-	marker := filepath.Join(e.dir, "pwned")
-	names := []string{
-		"web 01",
-		"web-01.example_x",
-		"a;touch " + marker,
-		"a$(touch " + marker + ")",
-		"a`touch " + marker + "`",
-		"a|touch " + marker,
-		"a&&touch " + marker,
-		"a\ntouch " + marker,
-		"wéb-ünïcode-01",
-		"${IFS}touch${IFS}" + marker,
-	}
-	for _, n := range names {
-		out, err := e.agent.Query("system.run["+quoteParam(e.script("suspend", n))+",wait]", 20*time.Second)
-		require.NoError(t, err, n)
-		require.Contains(t, out, `"outcome"`, n)
-	}
-	lines := e.auditLines(t)
-	require.Len(t, lines, len(names), "one audit line per attempt")
-	for i, n := range names {
-		require.Equal(t, n, lines[i]["domain"], "the plugin received the name literally")
-		require.NotEqual(t, "done", lines[i]["outcome"], "no such domain on the test driver")
-	}
-	_, err := os.Stat(marker)
-	require.True(t, os.IsNotExist(err), "a shell construct inside a name ran")
-}
-
 // quoteParam quotes an item-key parameter the way Zabbix does when it builds system.run[...]
 // from a command containing commas, brackets or quotes.
 func quoteParam(s string) string {
@@ -134,4 +81,44 @@ func quoteParam(s string) string {
 		return s
 	}
 	return `"` + strings.ReplaceAll(s, `"`, `\"`) + `"`
+}
+
+// The README's warning, measured: the agent orders AllowKey/DenyKey lines by their line number in
+// their own file, so an older rule early in the main file is tried before the shipped rules in an
+// included file and lets a shell through; the same key with the shipped rules alone is refused.
+func TestLeftoverRuleInAnotherFileWins(t *testing.T) {
+	shipped, err := os.ReadFile(filepath.Join(harness.RepoRoot(t), "conf", "zabbix_agent2.conf"))
+	require.NoError(t, err)
+	for _, v := range []string{"6.0", "7.0"} {
+		t.Run(v, func(t *testing.T) {
+			dir := t.TempDir()
+			// the shipped file as an included one, line for line: its rules (with /bin/echo as the
+			// plugin) where they are, every other line a comment
+			var b strings.Builder
+			for _, l := range strings.Split(string(shipped), "\n") {
+				if !strings.HasPrefix(l, "AllowKey=") && !strings.HasPrefix(l, "DenyKey=") {
+					l = "#"
+				}
+				b.WriteString(strings.ReplaceAll(l, harness.ShippedPluginPath, "/bin/echo") + "\n")
+			}
+			included := filepath.Join(dir, "kvm-rules.conf")
+			require.NoError(t, os.WriteFile(included, []byte(b.String()), 0o644))
+			marker := filepath.Join(dir, "ran")
+			key := "system.run[/bin/echo hi; /usr/bin/touch " + marker + "]"
+
+			alone := harness.WriteAgentConf(t, v, harness.AgentOptions{Extra: []string{"Include=" + included}})
+			out, err := alone.Run(t, 60*time.Second, "-t", key)
+			require.NoError(t, err, out)
+			require.Contains(t, out, "Unknown metric system.run")
+			_, err = os.Stat(marker)
+			require.True(t, os.IsNotExist(err), "the shipped rules let a shell through")
+
+			leftover := harness.WriteAgentConf(t, v, harness.AgentOptions{
+				Extra: []string{"AllowKey=system.run[/bin/echo *]", "Include=" + included}})
+			out, err = leftover.Run(t, 60*time.Second, "-t", key)
+			require.NoError(t, err, out)
+			_, err = os.Stat(marker)
+			require.NoError(t, err, "the leftover rule should have been tried first: %s", out)
+		})
+	}
 }
