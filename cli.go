@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"zabbix-agent2-plugin-kvm/actions"
 	"zabbix-agent2-plugin-kvm/hypervisor"
 	"zabbix-agent2-plugin-kvm/plugin"
@@ -88,8 +90,10 @@ func helpText() string {
 		"\nVerbs:\n"+read.String()+"\nActions (need Plugins.KVM.Actions.Enable=1 and a matching Actions.AllowDomains; hold needs neither):\n"+act.String())
 }
 
-// hoistGlobalFlags moves the global options a user put after the verb (recover --dry-run web-07)
-// in front of it, where the flag parser looks; nothing after "--" (exec's command) is touched.
+// hoistGlobalFlags moves the global options a user put right after the verb (recover --dry-run
+// web-07) in front of it, where the flag parser looks. Only options between the verb and its first
+// argument move: one after a domain name is that verb's to refuse, so nothing appended to a
+// provisioned command can change its caller or configuration.
 func hoistGlobalFlags(args []string) []string {
 	takesValue := map[string]bool{"-c": true, "--caller": true, "-caller": true, "--timeout": true, "-timeout": true}
 	isFlag := func(a string) bool {
@@ -100,7 +104,7 @@ func hoistGlobalFlags(args []string) []string {
 	verbSeen := false
 	for i := 0; i < len(args); i++ {
 		a := args[i]
-		if a == "--" {
+		if a == "--" || (verbSeen && !isFlag(a)) {
 			rest = append(rest, args[i:]...)
 			break
 		}
@@ -193,6 +197,15 @@ func checkConfigFile(path string) error {
 	}
 	if fi.Mode().Perm()&0o022 != 0 {
 		return fmt.Errorf("config file %s: mode %04o lets group or others write it: refused (chmod go-w)", path, fi.Mode().Perm())
+	}
+	// /proc/self/cmdline and the like are root-owned "regular files" whose text the caller chooses
+	var fs unix.Statfs_t
+	if err := unix.Statfs(path, &fs); err != nil {
+		return fmt.Errorf("config file %s: %w", path, err)
+	}
+	switch fs.Type {
+	case unix.PROC_SUPER_MAGIC, unix.SYSFS_MAGIC, unix.DEBUGFS_MAGIC, unix.CGROUP_SUPER_MAGIC, unix.CGROUP2_SUPER_MAGIC, unix.DEVPTS_SUPER_MAGIC:
+		return fmt.Errorf("config file %s: on a kernel pseudo file system: refused", path)
 	}
 	return nil
 }

@@ -5,6 +5,8 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	"zabbix-agent2-plugin-kvm/conf/zabbix"
@@ -12,6 +14,12 @@ import (
 
 // cliZabbix is `zabbix setup`: the Zabbix side of the recovery ladder through the API.
 func cliZabbix(env *cliEnv, args []string) int {
+	if agent := startedByAgent(); agent != "" {
+		// provisioning connects to a URL from its arguments with API credentials: a person runs it,
+		// never a Zabbix remote command
+		fmt.Fprintf(env.stderr, "error: zabbix setup refuses to run under %s (through system.run): run it by hand\n", agent)
+		return 3
+	}
 	if len(args) == 0 || args[0] != "setup" {
 		fmt.Fprintln(env.stderr, "usage: zabbix setup --url URL (--token T | --user U --password P) [flags]; zabbix setup --help lists the flags")
 		return 2
@@ -69,4 +77,30 @@ func cliZabbix(env *cliEnv, args []string) int {
 		return 1
 	}
 	return 0
+}
+
+// startedByAgent names the zabbix_agent2 process among this process's parent, grandparent and
+// great-grandparent (system.run runs "sh -c", which may or may not exec the plugin), or "".
+func startedByAgent() string {
+	pid := os.Getppid()
+	for i := 0; i < 3 && pid > 1; i++ {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return ""
+		}
+		s := string(b)
+		open, end := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+		if open < 0 || end < open || end+4 > len(s) {
+			return ""
+		}
+		if comm := s[open+1 : end]; strings.HasPrefix(comm, "zabbix_agent") {
+			return fmt.Sprintf("%s (pid %d)", comm, pid)
+		}
+		fields := strings.Fields(s[end+2:])
+		if len(fields) < 2 {
+			return ""
+		}
+		pid, _ = strconv.Atoi(fields[1])
+	}
+	return ""
 }

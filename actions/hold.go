@@ -82,10 +82,13 @@ func (a *Actor) holdOrRelease(ctx context.Context, verb Verb, domain string, all
 	res := HoldResult{Verb: verb, Domain: domain, All: all, DryRun: a.opts.DryRun}
 	var err error
 	if all {
-		// no domain: the frame is this hypervisor's own record, not run's per-domain gate
+		// no domain: the frame is this hypervisor's own record, not run's per-domain gate; a release
+		// lets every action run again, so it needs actions enabled like any action
 		j := &job{a: a, ctx: ctx, verb: verb}
 		rec := &auditRecord{a: a, entry: AuditEntry{ID: auditID(), Time: start, Verb: string(verb), Domain: "*"}}
-		if j.dir, err = statedir.Open(a.pol.StateDir); err == nil {
+		if verb == VerbRelease && !a.pol.Enable {
+			err = fmt.Errorf("%w: actions are disabled (Enable is off)", ErrRefused)
+		} else if j.dir, err = statedir.Open(a.pol.StateDir); err == nil {
 			err = fn(j, &res)
 		}
 		res.Outcome = classify(err, a.opts.DryRun)

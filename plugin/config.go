@@ -310,17 +310,24 @@ func ReadConfigFile(path string) (map[string]conf.Value, error) {
 		if line == "" || line[0] == '#' {
 			continue
 		}
+		// as strict as the agent: a file of other text (a log, /proc/self/cmdline) is not a config
+		// that happens to contain a few options
 		k, v, ok := strings.Cut(line, "=")
-		if !ok {
-			continue
+		if k = strings.TrimSpace(k); !ok || !optionName.MatchString(k) {
+			return nil, fmt.Errorf("config file %s, line %d: not an option (Name=Value): %.60q", path, n, line)
 		}
-		k = strings.TrimSpace(k)
 		if name, ok := strings.CutPrefix(k, prefix); ok {
+			if _, dup := out[name]; dup {
+				return nil, fmt.Errorf("config file %s, line %d: Plugins.%s.%s is set twice", path, n, Name, name)
+			}
 			out[name] = conf.Value{Value: strings.TrimSpace(v), Line: n}
 		}
 	}
 	return out, sc.Err()
 }
+
+// optionName is what the agent accepts left of "=" in its configuration files.
+var optionName = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_.]*$`)
 
 // ConfDoc renders the options table in Zabbix's config-file style; conf/kvm.conf is generated from
 // it (make conf) and a test checks they agree, so the documentation cannot drift from the code.

@@ -170,6 +170,8 @@ func corpus() []hostile {
 		{name: "an option after the name", cmd: script("suspend", "test") + " --dry-run",
 			argv: append(scriptArgv("suspend", "test"), "--dry-run"), rc: 2, out: "usage: suspend"},
 		{name: "unknown verb", cmd: script("sh", "test"), argv: scriptArgv("sh", "test"), rc: 2, out: `unknown verb "sh"`},
+		{name: "provisioning through system.run", cmd: "exec {P} -c {C} zabbix setup --url http://127.0.0.1:9 --token x",
+			argv: []string{"-c", "{C}", "zabbix", "setup", "--url", "http://127.0.0.1:9", "--token", "x"}, rc: 3, out: "refuses to run under zabbix_agent2"},
 		{name: "a guest command the policy does not allow", cmd: "exec {P} -c {C} --caller zabbix exec 'test' -- /bin/sh -c id",
 			argv: []string{"-c", "{C}", "--caller", "zabbix", "exec", "test", "--", "/bin/sh", "-c", "id"}, rc: 3, out: `"outcome": "refused"`, audit: "refused", domain: "test"},
 		{name: "timeout out of range", cmd: "exec {P} --timeout 99999999999999999999 -c {C} suspend test",

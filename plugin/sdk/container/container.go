@@ -48,7 +48,12 @@ type Handler struct {
 	started       bool
 
 	exports sync.WaitGroup
+
+	firstWait time.Duration // FirstMessageWait; tests shorten it
 }
+
+// FirstMessageWait bounds the wait for the agent's first message after connecting.
+const FirstMessageWait = 30 * time.Second
 
 // NewHandler returns a handler for the registered plugin called name.
 func NewHandler(name string) (*Handler, error) {
@@ -62,7 +67,7 @@ func NewHandler(name string) (*Handler, error) {
 	if impl == nil {
 		return nil, fmt.Errorf("no plugin named %s is registered", name)
 	}
-	h := &Handler{name: name, impl: impl, globalTimeout: 3}
+	h := &Handler{name: name, impl: impl, globalTimeout: 3, firstWait: FirstMessageWait}
 	h.exporter, _ = impl.(plugin.Exporter)
 	h.config, _ = impl.(plugin.Configurator)
 	h.runner, _ = impl.(plugin.Runner)
@@ -98,11 +103,28 @@ func (h *Handler) Serve(rw io.ReadWriter) error {
 	defer h.impl.SetLogger(nil)
 	defer h.exports.Wait()
 	defer h.stopRunner()
+	// The agent speaks first, at once (Register, or Configure in the real run). A process started
+	// by hand (or by a stray system.run) with the agent's socket would otherwise wait forever with
+	// its signals ignored: it gives up when the first message does not come.
+	deadline, _ := rw.(interface{ SetReadDeadline(time.Time) error })
+	if deadline != nil {
+		_ = deadline.SetReadDeadline(time.Now().Add(h.firstWait))
+	}
+	first := true
 	for {
 		c, body, err := comms.Read(rw)
+		if err == nil && first {
+			first = false
+			if deadline != nil {
+				_ = deadline.SetReadDeadline(time.Time{})
+			}
+		}
 		if err != nil {
 			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
 				return nil
+			}
+			if first && errors.Is(err, os.ErrDeadlineExceeded) {
+				return fmt.Errorf("%w: the agent sent nothing within %s of connecting", ErrRegistration, h.firstWait)
 			}
 			if errors.Is(err, comms.ErrTooLarge) || errors.Is(err, io.ErrUnexpectedEOF) || body == nil {
 				// the stream is out of step with the frame boundaries: nothing after this can be trusted

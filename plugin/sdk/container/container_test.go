@@ -375,3 +375,24 @@ func TestSupportedVersion(t *testing.T) {
 		require.Equal(t, ok, SupportedVersion(v), v)
 	}
 }
+
+// A plugin started with the agent's socket but never spoken to (by hand, or by a stray
+// system.run) gives up instead of waiting forever with its signals ignored.
+func TestSilentAgentEndsThePlugin(t *testing.T) {
+	pc, ac := net.Pipe()
+	defer ac.Close()
+	h, err := NewHandler("Test")
+	require.NoError(t, err)
+	h.firstWait = 200 * time.Millisecond
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() { done <- h.Serve(pc) }()
+	select {
+	case err := <-done:
+		require.ErrorIs(t, err, ErrRegistration)
+		require.ErrorContains(t, err, "the agent sent nothing within 200ms")
+		require.Less(t, time.Since(start), 5*time.Second)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the plugin still waits for an agent that never speaks")
+	}
+}
