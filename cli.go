@@ -90,52 +90,7 @@ func helpText() string {
 		"\nVerbs:\n"+read.String()+"\nActions (need Plugins.KVM.Actions.Enable=1 and a matching Actions.AllowDomains; hold needs neither):\n"+act.String())
 }
 
-// hoistGlobalFlags moves the global options a user put right after the verb (recover --dry-run
-// web-07) in front of it, where the flag parser looks. Only options between the verb and its first
-// argument move: one after a domain name is that verb's to refuse, so nothing appended to a
-// provisioned command can change its caller or configuration.
-func hoistGlobalFlags(args []string) []string {
-	takesValue := map[string]bool{"-c": true, "--caller": true, "-caller": true, "--timeout": true, "-timeout": true}
-	isFlag := func(a string) bool {
-		name, _, _ := strings.Cut(a, "=")
-		return takesValue[name] || name == "--dry-run" || name == "-dry-run"
-	}
-	var global, rest []string
-	verbSeen := false
-	for i := 0; i < len(args); i++ {
-		a := args[i]
-		if a == "--" || (verbSeen && !isFlag(a)) {
-			rest = append(rest, args[i:]...)
-			break
-		}
-		if !verbSeen {
-			if !strings.HasPrefix(a, "-") {
-				verbSeen = true
-				rest = append(rest, a)
-				continue
-			}
-			global = append(global, a)
-			if takesValue[a] && i+1 < len(args) {
-				i++
-				global = append(global, args[i])
-			}
-			continue
-		}
-		if isFlag(a) {
-			global = append(global, a)
-			if takesValue[a] && i+1 < len(args) {
-				i++
-				global = append(global, args[i])
-			}
-			continue
-		}
-		rest = append(rest, a)
-	}
-	return append(global, rest...)
-}
-
 func runCLI(args []string, stdout, stderr io.Writer) int {
-	args = hoistGlobalFlags(args)
 	fs := flag.NewFlagSet("zabbix-agent2-plugin-kvm", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	env := &cliEnv{stdout: stdout, stderr: stderr}
