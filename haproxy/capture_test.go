@@ -34,8 +34,8 @@ func TestCaptureFixtures(t *testing.T) {
 	}
 	be[1].Stop()          // web-02: refused → DOWN (L4CON)
 	be[9].Code.Store(500) // api-02: 500 → DOWN (L7STS)
-	fePort := harness.FreePort(t, portLo, portHi)
-	tcpPort := harness.FreePort(t, portLo, portHi)
+	fePort := harness.Port(t)
+	tcpPort := harness.Port(t)
 	h := newHAProxy(t, func(sock string) string {
 		return fmt.Sprintf(`global
   stats socket %s mode 600 level admin

@@ -12,14 +12,13 @@ import (
 )
 
 // Live tests use loopback ports in this range (see harness.FreePort).
-const portLo, portHi = 18000, 18999
 
 // liveHAProxy is a real haproxy run by the test (tests/harness.HAProxy) with a client for its socket.
 type liveHAProxy struct{ *harness.HAProxy }
 
 type httpBackend = harness.HTTPBackend
 
-func newBackend(t testing.TB) *httpBackend { return harness.NewHTTPBackend(t, portLo, portHi) }
+func newBackend(t testing.TB) *httpBackend { return harness.NewHTTPBackend(t) }
 
 func newHAProxy(t testing.TB, build func(sock string) string) *liveHAProxy {
 	return &liveHAProxy{harness.StartHAProxy(t, build)}

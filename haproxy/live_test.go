@@ -272,7 +272,7 @@ func TestLiveSocketMissing(t *testing.T) {
 		assert.Contains(t, err.Error(), "no such file or directory", name)
 	}
 	// a TCP socket nobody listens on: refused, naming the address as configured
-	port := harness.FreePort(t, portLo, portHi)
+	port := harness.Port(t)
 	addr := fmt.Sprintf("ipv4@127.0.0.1:%d", port)
 	tc, err := New(addr, time.Second)
 	require.NoError(t, err)
@@ -284,7 +284,7 @@ func TestLiveSocketMissing(t *testing.T) {
 
 func TestLiveTCPSocket(t *testing.T) {
 	b1 := newBackend(t)
-	port := harness.FreePort(t, portLo, portHi)
+	port := harness.Port(t)
 	h := newHAProxy(t, poolCfg(port, b1))
 	awaitStatus(t, h.Client(), "web", "web-01", "UP", settle)
 	c, err := New(fmt.Sprintf("ipv4@127.0.0.1:%d", port), 2*time.Second)

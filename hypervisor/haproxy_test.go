@@ -23,8 +23,8 @@ import (
 // The haproxy keys and the push, wired through the plugin, against a real haproxy that
 // health-checks HTTP backends on loopback, with libvirt test-driver domains as the guests.
 func TestHAProxyKeysAndPush(t *testing.T) {
-	named := harness.NewHTTPBackend(t, 18000, 18999) // server named after its domain
-	byIP := harness.NewHTTPBackend(t, 18000, 18999)  // server found by the domain's address
+	named := harness.NewHTTPBackend(t) // server named after its domain
+	byIP := harness.NewHTTPBackend(t)  // server found by the domain's address
 	h := harness.StartHAProxy(t, func(sock string) string {
 		return fmt.Sprintf(`global
   stats socket %s mode 600 level admin
@@ -41,7 +41,7 @@ backend web
   option httpchk GET /
   server vm-named %s check
   server srv-2 %s check
-`, sock, harness.FreePort(t, 18000, 18999), named.Addr(), byIP.Addr())
+`, sock, harness.Port(t), named.Addr(), byIP.Addr())
 	})
 	uri := kvmtest.NodeURI(t, []kvmtest.Domain{{Name: "vm-named", IP: "127.0.0.9"}, {Name: "ip-guest", IP: "127.0.0.1"}})
 	trap := sendertest.Start(t, sendertest.Options{})

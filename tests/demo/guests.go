@@ -129,7 +129,7 @@ func startServices(r *runner, conn *libvirt.Connect, names []string, portLo, por
 	s := &services{r: r, conn: conn, http: map[string]*harness.HTTPBackend{}, ids: map[string]uint{}, off: map[string]bool{},
 		stop: make(chan struct{}), done: make(chan struct{})}
 	for _, n := range names {
-		s.http[n] = harness.NewHTTPBackend(r, portLo, portHi)
+		s.http[n] = harness.NewHTTPBackendIn(r, portLo, portHi)
 		id, running, err := s.read(n)
 		if err != nil || !running {
 			r.Fatalf("%s: not running (%v)", n, err)

@@ -177,7 +177,7 @@ func startEnv(t testing.TB, specs []guestSpec) *env {
 	e.lap(&last, "guests defined+started")
 
 	e.hap = harness.StartHAProxy(t, func(sock string) string {
-		return haproxyConfig(sock, harness.FreePort(t, 16000, 16999), order)
+		return haproxyConfig(sock, harness.Port(t), order)
 	})
 	var err error
 	if e.hapc, err = haproxy.New(e.hap.Sock, 2*time.Second); err != nil {

@@ -119,7 +119,7 @@ func WriteAgentConf(t testing.TB, version string, o AgentOptions) *Agent {
 		o.Timeout = 5
 	}
 	if o.PortLo == 0 {
-		o.PortLo, o.PortHi = 10100, 10999
+		o.PortLo, o.PortHi = Ports(t)
 	}
 	if o.DebugLevel == 0 {
 		o.DebugLevel = 3

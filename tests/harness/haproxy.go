@@ -31,7 +31,15 @@ type HTTPBackend struct {
 	done chan struct{}
 }
 
-func NewHTTPBackend(t testing.TB, lo, hi int) *HTTPBackend {
+// NewHTTPBackend starts an HTTPBackend on a port of the test package's own range.
+func NewHTTPBackend(t testing.TB) *HTTPBackend {
+	t.Helper()
+	lo, hi := Ports(t)
+	return NewHTTPBackendIn(t, lo, hi)
+}
+
+// NewHTTPBackendIn is NewHTTPBackend on a port of [lo,hi] (a program outside go test, the demo).
+func NewHTTPBackendIn(t testing.TB, lo, hi int) *HTTPBackend {
 	t.Helper()
 	b := &HTTPBackend{t: t, Port: FreePort(t, lo, hi)}
 	b.Code.Store(200)

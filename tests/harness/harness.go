@@ -9,6 +9,8 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -16,6 +18,45 @@ import (
 
 var portMu sync.Mutex
 var portNext = map[int]int{}
+
+// portRanges gives each test package that listens in the host's network namespace a loopback port
+// range of its own: go test runs several packages at once, and a port one package found free could
+// be taken by another between the probe and the listen. Packages are named by their test binary
+// (go test builds <package>.test). The Zabbix stacks (tests/zbx) share one range because a
+// machine-wide lock lets one stack run at a time. All ranges lie in 1024-32767, what
+// zabbix_agent2 accepts.
+var portRanges = map[string][2]int{
+	"agent":      {10100, 10499},
+	"remote":     {10500, 10899},
+	"bench":      {10900, 11299},
+	"kvmguests":  {11300, 11699},
+	"labtest":    {11700, 12099},
+	"e2e":        {12100, 12499},
+	"provision":  {12500, 12899},
+	"zbx":        {15000, 15999}, // every package's Zabbix stack, one at a time
+	"haproxy":    {18000, 18499},
+	"hypervisor": {18500, 18999},
+	"sender":     {19000, 19099},
+	"demo":       {19500, 19599}, // scripts/demo.sh (tests/demo)
+}
+
+// Port is a free port of the calling test package's own range.
+func Port(t testing.TB) int {
+	t.Helper()
+	lo, hi := Ports(t)
+	return FreePort(t, lo, hi)
+}
+
+// Ports is the calling test package's own port range (see portRanges).
+func Ports(t testing.TB) (lo, hi int) {
+	t.Helper()
+	name := strings.TrimSuffix(filepath.Base(os.Args[0]), ".test")
+	r, ok := portRanges[name]
+	if !ok {
+		t.Fatalf("test package %q has no port range: add one to tests/harness portRanges", name)
+	}
+	return r[0], r[1]
+}
 
 // FreePort returns a loopback TCP port in [lo,hi] that nothing listens on now. zabbix_agent2 accepts
 // only 1024-32767, below the kernel's ephemeral range, so ports cannot come from ":0". Each test area

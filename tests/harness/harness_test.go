@@ -1,0 +1,27 @@
+package harness
+
+import (
+	"sort"
+	"testing"
+)
+
+// No two packages share a port range, and every range is one zabbix_agent2 accepts.
+func TestPortRangesDoNotOverlap(t *testing.T) {
+	type rng struct {
+		name   string
+		lo, hi int
+	}
+	var rs []rng
+	for n, r := range portRanges {
+		if r[0] < 1024 || r[1] > 32767 || r[0] > r[1] {
+			t.Errorf("%s: range %d-%d outside 1024-32767 or reversed", n, r[0], r[1])
+		}
+		rs = append(rs, rng{n, r[0], r[1]})
+	}
+	sort.Slice(rs, func(i, j int) bool { return rs[i].lo < rs[j].lo })
+	for i := 1; i < len(rs); i++ {
+		if rs[i].lo <= rs[i-1].hi {
+			t.Errorf("%s %d-%d overlaps %s %d-%d", rs[i].name, rs[i].lo, rs[i].hi, rs[i-1].name, rs[i-1].lo, rs[i-1].hi)
+		}
+	}
+}
