@@ -19,15 +19,16 @@ build:
 
 vet:
 	$(GO) vet ./...
+	$(GO) vet -tags integration ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo 'gofmt needed'; exit 1; }
 
 # Every layer: unit, test driver, real agents 6.0/7.0, haproxy, libvirtd + QEMU guests, Zabbix server.
 test: deps build vet
-	$(GO) test -count=1 -timeout 80m ./... 2>&1 | tee test.out; exit $${PIPESTATUS[0]}
+	$(GO) test -count=1 -tags integration -timeout 80m ./... 2>&1 | tee test.out; exit $${PIPESTATUS[0]}
 
 # Fast layers only (no daemons): unit tests and the libvirt test driver.
 test-unit: build
-	$(GO) test -count=1 ./plugin/... ./kvm/... ./haproxy/... ./sender/... ./actions/... ./conf/...
+	$(GO) test -count=1 ./plugin/... ./kvm/... ./haproxy/... ./sender/... ./actions/... ./conf/... ./internal/...
 
 # The seed scenario alone (Zabbix server + guests + haproxy + agent).
 test-e2e: deps build

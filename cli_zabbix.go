@@ -8,7 +8,8 @@ import (
 	"time"
 
 	"zabbix-agent2-plugin-kvm/actions"
-	"zabbix-agent2-plugin-kvm/conf/zabbix"
+	"zabbix-agent2-plugin-kvm/internal/provision"
+	"zabbix-agent2-plugin-kvm/internal/zabbixapi"
 	"zabbix-agent2-plugin-kvm/plugin"
 )
 
@@ -26,13 +27,13 @@ func cliZabbix(env *cliEnv, args []string) int {
 	}
 	fs := flag.NewFlagSet("zabbix setup", flag.ContinueOnError)
 	fs.SetOutput(env.stderr)
-	var o zabbix.Options
+	var o provision.Options
 	url := fs.String("url", "", "frontend URL, e.g. https://zabbix.example.com (api_jsonrpc.php is appended)")
 	token := fs.String("token", os.Getenv("ZABBIX_API_TOKEN"), "API token (default $ZABBIX_API_TOKEN)")
 	user := fs.String("user", "", "user name for user.login (instead of a token)")
 	password := fs.String("password", os.Getenv("ZABBIX_PASSWORD"), "password for --user (default $ZABBIX_PASSWORD)")
 	timeout := fs.Duration("timeout", 2*time.Minute, "deadline of the whole setup")
-	fs.StringVar(&o.PluginPath, "plugin-path", zabbix.DefaultPlugin, "plugin binary on the hypervisors (run by the restart scripts)")
+	fs.StringVar(&o.PluginPath, "plugin-path", provision.DefaultPlugin, "plugin binary on the hypervisors (run by the restart scripts)")
 	fs.StringVar(&o.ConfigFile, "config-file", "", "kvm.conf path on the hypervisors, passed as -c (default: the plugin's default)")
 	fs.StringVar(&o.SMTPServer, "smtp-server", "", "SMTP server of the email media type (default localhost)")
 	fs.IntVar(&o.SMTPPort, "smtp-port", 0, "SMTP port (default 25)")
@@ -63,14 +64,14 @@ func cliZabbix(env *cliEnv, args []string) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	api := zabbix.New(*url)
+	api := zabbixapi.New(*url)
 	if *token != "" {
 		api.SetToken(*token)
 	} else if err := api.Login(ctx, *user, *password); err != nil {
 		fmt.Fprintf(env.stderr, "error: %v\n", err)
 		return 1
 	}
-	rep, err := zabbix.Setup(ctx, api, o)
+	rep, err := provision.Setup(ctx, api, o)
 	fmt.Fprint(env.stdout, rep.String())
 	if err != nil {
 		fmt.Fprintf(env.stderr, "error: %v\n", err)

@@ -26,7 +26,7 @@ import (
 	"testing"
 	"time"
 
-	"zabbix-agent2-plugin-kvm/conf/zabbix"
+	"zabbix-agent2-plugin-kvm/internal/zabbixapi"
 	"zabbix-agent2-plugin-kvm/tests/harness"
 )
 
@@ -81,7 +81,7 @@ type Stack struct {
 	APIVersion string // apiinfo.version, e.g. "7.0.9"
 	Dir        string // all state: pg/, run/ (logs, pid files, sockets)
 	// API is logged in as Admin.
-	API        *zabbix.Client
+	API        *zabbixapi.Client
 	URL        string // frontend root, http://127.0.0.1:port/
 	ServerConf string
 	ServerLog  string
@@ -167,7 +167,7 @@ func Start(t testing.TB, o Options) *Stack {
 		"/usr/bin/env", "PHP_CLI_SERVER_WORKERS=4", "php", "-d", "memory_limit=512M", "-d", "post_max_size=32M",
 		"-d", "max_execution_time=300", "-S", fmt.Sprintf("127.0.0.1:%d", s.WebPort), "-t", lay.frontend)
 
-	s.API = zabbix.New(s.URL)
+	s.API = zabbixapi.New(s.URL)
 	harness.WaitFor(t, 60*time.Second, 100*time.Millisecond, "frontend API (see "+run+"/php.log)", func() (bool, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()

@@ -1,4 +1,6 @@
-package zabbix_test
+//go:build integration
+
+package provision_test
 
 import (
 	"context"
@@ -17,7 +19,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"zabbix-agent2-plugin-kvm/conf/templates"
-	"zabbix-agent2-plugin-kvm/conf/zabbix"
+	"zabbix-agent2-plugin-kvm/internal/provision"
 	"zabbix-agent2-plugin-kvm/tests/harness"
 	"zabbix-agent2-plugin-kvm/tests/zbx"
 )
@@ -93,7 +95,7 @@ func countYAML(t testing.TB, tpl templates.Template) yamlCounts {
 }
 
 // checkTemplates compares what the server holds with what the YAML files declare.
-func checkTemplates(t *testing.T, s *zbx.Stack, rep zabbix.Report) {
+func checkTemplates(t *testing.T, s *zbx.Stack, rep provision.Report) {
 	for _, tpl := range templates.All() {
 		e, ok := rep.Find("template", tpl.Name)
 		require.True(t, ok, "report has no template %q", tpl.Name)
@@ -122,20 +124,20 @@ func checkTemplates(t *testing.T, s *zbx.Stack, rep zabbix.Report) {
 	}
 }
 
-func checkIdempotent(t *testing.T, s *zbx.Stack, o zabbix.Options) zabbix.Report {
+func checkIdempotent(t *testing.T, s *zbx.Stack, o provision.Options) provision.Report {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	t0 := time.Now()
-	first, err := zabbix.Setup(ctx, s.API, o)
+	first, err := provision.Setup(ctx, s.API, o)
 	require.NoError(t, err)
 	t.Logf("setup #1 on %s took %.2fs:\n%s", s.APIVersion, time.Since(t0).Seconds(), first)
 	require.True(t, first.Changed())
 	for _, e := range first.Entries {
-		assert.NotEqual(t, zabbix.Unchanged, e.Change, "fresh server, yet %s %q was already there", e.Kind, e.Name)
+		assert.NotEqual(t, provision.Unchanged, e.Change, "fresh server, yet %s %q was already there", e.Kind, e.Name)
 		assert.NotEmpty(t, e.ID, "%s %q", e.Kind, e.Name)
 	}
 	t0 = time.Now()
-	second, err := zabbix.Setup(ctx, s.API, o)
+	second, err := provision.Setup(ctx, s.API, o)
 	require.NoError(t, err)
 	t.Logf("setup #2 took %.2fs", time.Since(t0).Seconds())
 	assert.False(t, second.Changed(), "second run changed things:\n%s", second)
@@ -163,7 +165,7 @@ type op struct {
 }
 
 // ladderShape renders an action's operations as sorted "step:kind:target:period" strings.
-func ladderShape(t *testing.T, s *zbx.Stack, rep zabbix.Report, name string) (shape []string, filter string, recovery int) {
+func ladderShape(t *testing.T, s *zbx.Stack, rep provision.Report, name string) (shape []string, filter string, recovery int) {
 	t.Helper()
 	var acts []struct {
 		Operations         []op `json:"operations"`
@@ -208,9 +210,9 @@ func ladderShape(t *testing.T, s *zbx.Stack, rep zabbix.Report, name string) (sh
 
 func TestSetup60ImportsAndIsIdempotent(t *testing.T) {
 	s := zbx.Start(t, zbx.Options{Version: "6.0"})
-	rep := checkIdempotent(t, s, zabbix.Options{User: "Admin", UserEmail: "oncall@kvm.test", HypervisorHost: "kvm-hv01"})
+	rep := checkIdempotent(t, s, provision.Options{User: "Admin", UserEmail: "oncall@kvm.test", HypervisorHost: "kvm-hv01"})
 	checkTemplates(t, s, rep)
-	shape, _, _ := ladderShape(t, s, rep, zabbix.LadderAction)
+	shape, _, _ := ladderShape(t, s, rep, provision.LadderAction)
 	assert.ElementsMatch(t, []string{"1-1 msg KVM email 120s", "1-1 msg KVM chat 120s", "2-2 cmd KVM gentle restart on 0 180s",
 		"3-3 cmd KVM forced restart on 0 0", "3-3 msg KVM email 0", "3-3 msg KVM chat 0"}, shape)
 }
@@ -272,9 +274,9 @@ type guest struct {
 	pool, page   string // trigger ids
 }
 
-func addGuest(t *testing.T, s *zbx.Stack, rep zabbix.Report, name string, agentPort int, macros map[string]string) guest {
+func addGuest(t *testing.T, s *zbx.Stack, rep provision.Report, name string, agentPort int, macros map[string]string) guest {
 	t.Helper()
-	gid, _ := rep.Find("host group", zabbix.GuestGroup)
+	gid, _ := rep.Find("host group", provision.GuestGroup)
 	tid, _ := rep.Find("template", templates.Guest)
 	ms := []map[string]string{{"macro": "{$KVM.DOMAIN}", "value": name}, {"macro": "{$KVM.HAPROXY.BACKEND}", "value": "web"},
 		{"macro": "{$KVM.HAPROXY.SERVER}", "value": name}, {"macro": "{$KVM.POLL.INTERVAL}", "value": "1s"}}
@@ -350,17 +352,17 @@ func TestLadder70(t *testing.T) {
 	// Stands in for the plugin binary the restart scripts call: records its arguments.
 	require.NoError(t, os.WriteFile(plugin, []byte("#!/bin/sh\necho \"$@\" >> "+cmdLog+"\n"), 0o755))
 
-	o := zabbix.Options{PluginPath: plugin, SMTPServer: "127.0.0.1", SMTPPort: s.SMTP.Port, SMTPFrom: "zabbix@kvm.test",
+	o := provision.Options{PluginPath: plugin, SMTPServer: "127.0.0.1", SMTPPort: s.SMTP.Port, SMTPFrom: "zabbix@kvm.test",
 		User: "Admin", UserEmail: "oncall@kvm.test", GentleAfter: time.Minute, ForcedAfter: time.Minute, PageAfter: 121 * time.Second}
 	rep := checkIdempotent(t, s, o)
 	checkTemplates(t, s, rep)
 
-	shape, filter, rec := ladderShape(t, s, rep, zabbix.LadderAction)
+	shape, filter, rec := ladderShape(t, s, rep, provision.LadderAction)
 	assert.ElementsMatch(t, []string{"1-1 msg KVM email 60s", "1-1 msg KVM chat 60s", "2-2 cmd KVM gentle restart on 0 60s",
 		"3-3 cmd KVM forced restart on 0 0", "3-3 msg KVM email 0", "3-3 msg KVM chat 0"}, shape)
 	assert.Equal(t, "type 26 kvm.ladder=recover;", filter)
 	assert.Equal(t, 1, rec)
-	shape, filter, _ = ladderShape(t, s, rep, zabbix.PageAction)
+	shape, filter, _ = ladderShape(t, s, rep, provision.PageAction)
 	assert.Equal(t, []string{"1-1 msg all 0"}, shape)
 	assert.Equal(t, "type 26 kvm.ladder=page;", filter)
 
@@ -441,7 +443,7 @@ func TestLadder70(t *testing.T) {
 		EscStep   string `json:"esc_step"`
 		Error     string `json:"error"`
 	}
-	ladder, _ := rep.Find("action", zabbix.LadderAction)
+	ladder, _ := rep.Find("action", provision.LadderAction)
 	call(t, s, "alert.get", map[string]any{"actionids": ladder.ID, "objectids": web1.pool,
 		"output": []string{"alerttype", "status", "esc_step", "error"}}, &alerts)
 	steps := map[string]bool{}
