@@ -11,8 +11,11 @@ type object struct {
 	name               string
 	nameField          string         // filter field, default "name"
 	desired            map[string]any // create/update body; compared as a subset of what get returns
-	get                map[string]any // extra get parameters (select*)
-	createOnly         bool           // never update (host groups: nothing to converge)
+	// initial fields are set only when the object is created: settings an admin may change
+	// afterwards (an Action switched off, SMTP authentication) that no option names.
+	initial    map[string]any
+	get        map[string]any // extra get parameters (select*)
+	createOnly bool           // never update (host groups: nothing to converge)
 }
 
 // ensure creates the object when missing, updates it when the desired fields differ, and records
@@ -31,8 +34,15 @@ func (s *setup) ensure(ctx context.Context, ob object) (string, error) {
 		return "", fmt.Errorf("zabbix setup: find %s %q: %w", ob.kind, ob.name, err)
 	}
 	if len(got) == 0 {
+		body := map[string]any{}
+		for k, v := range ob.initial {
+			body[k] = v
+		}
+		for k, v := range ob.desired {
+			body[k] = v
+		}
 		var res map[string][]string
-		if err := s.api.Call(ctx, ob.api+".create", ob.desired, &res); err != nil {
+		if err := s.api.Call(ctx, ob.api+".create", body, &res); err != nil {
 			return "", fmt.Errorf("zabbix setup: create %s %q: %w", ob.kind, ob.name, err)
 		}
 		ids := res[ob.idField+"s"]

@@ -7,6 +7,9 @@ import (
 	"zabbix-agent2-plugin-kvm/conf/templates"
 )
 
+// hypervisor creates --hypervisor when missing and links it to the hypervisor template. Its agent
+// interface is the address the guests' trapper items accept pushes from ({HOST.CONN}) and where
+// every guest command runs, so it changes only when an option names it.
 func (s *setup) hypervisor(ctx context.Context) error {
 	if s.o.HypervisorHost == "" {
 		return nil
@@ -30,8 +33,9 @@ func (s *setup) hypervisor(ctx context.Context) error {
 		"selectInterfaces": "extend", "selectParentTemplates": []string{"templateid"}}, &got); err != nil {
 		return fmt.Errorf("zabbix setup: find host %q: %w", s.o.HypervisorHost, err)
 	}
-	iface := map[string]any{"type": 1, "main": 1, "useip": 1, "ip": s.o.HypervisorIP, "dns": "", "port": fmt.Sprint(s.o.HypervisorPort)}
 	if len(got) == 0 {
+		ip, port := s.agentAddress("", "")
+		iface := map[string]any{"type": 1, "main": 1, "useip": 1, "ip": ip, "dns": "", "port": port}
 		var res struct {
 			HostIDs []string `json:"hostids"`
 		}
@@ -58,24 +62,23 @@ func (s *setup) hypervisor(ctx context.Context) error {
 		}
 		changed = true
 	}
-	var agentIf string
-	ok := false
+	// The agent interface changes only when --hypervisor-ip or --hypervisor-port names it.
+	var agentIf, ip, port string
 	for _, i := range h.Interfaces {
 		if i.Type == "1" && i.Main == "1" {
-			agentIf = i.InterfaceID
-			ok = i.IP == s.o.HypervisorIP && i.Port == fmt.Sprint(s.o.HypervisorPort)
+			agentIf, ip, port = i.InterfaceID, i.IP, i.Port
 		}
 	}
+	wantIP, wantPort := s.agentAddress(ip, port)
 	switch {
 	case agentIf == "":
-		iface["hostid"] = h.HostID
-		if err := s.api.Call(ctx, "hostinterface.create", iface, nil); err != nil {
+		if err := s.api.Call(ctx, "hostinterface.create", map[string]any{"hostid": h.HostID, "type": 1, "main": 1, "useip": 1,
+			"ip": wantIP, "dns": "", "port": wantPort}, nil); err != nil {
 			return fmt.Errorf("zabbix setup: add agent interface to %q: %w", s.o.HypervisorHost, err)
 		}
 		changed = true
-	case !ok:
-		if err := s.api.Call(ctx, "hostinterface.update", map[string]any{"interfaceid": agentIf, "ip": s.o.HypervisorIP,
-			"port": fmt.Sprint(s.o.HypervisorPort)}, nil); err != nil {
+	case wantIP != ip || wantPort != port:
+		if err := s.api.Call(ctx, "hostinterface.update", map[string]any{"interfaceid": agentIf, "ip": wantIP, "port": wantPort}, nil); err != nil {
 			return fmt.Errorf("zabbix setup: update agent interface of %q: %w", s.o.HypervisorHost, err)
 		}
 		changed = true
@@ -86,4 +89,22 @@ func (s *setup) hypervisor(ctx context.Context) error {
 	}
 	s.add("host", s.o.HypervisorHost, h.HostID, c)
 	return nil
+}
+
+// agentAddress is the agent interface the hypervisor host should have: what the options name,
+// else what it has (ip, port), else 127.0.0.1:10050.
+func (s *setup) agentAddress(ip, port string) (string, string) {
+	if s.o.HypervisorIP != "" {
+		ip = s.o.HypervisorIP
+	}
+	if s.o.HypervisorPort != 0 {
+		port = fmt.Sprint(s.o.HypervisorPort)
+	}
+	if ip == "" {
+		ip = "127.0.0.1"
+	}
+	if port == "" {
+		port = "10050"
+	}
+	return ip, port
 }

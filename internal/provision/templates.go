@@ -3,35 +3,28 @@ package provision
 import (
 	"context"
 	"fmt"
-	"regexp"
-	"time"
+	"strings"
 
 	"zabbix-agent2-plugin-kvm/conf/templates"
 )
 
-var pageMacro = regexp.MustCompile(`(macro: '\{\$KVM\.PAGE\.AFTER\}'\n\s+value: )(\S+)`)
+const pageMacro = "{$KVM.PAGE.AFTER}"
 
-// guestYAML sets {$KVM.PAGE.AFTER} in the guest template before import, so the template itself
-// carries the site's value and a re-run with the same flags finds nothing to change.
-func guestYAML(src []byte, pageAfter time.Duration) ([]byte, error) {
-	if n := len(pageMacro.FindAllIndex(src, -1)); n != 1 {
-		return nil, fmt.Errorf("zabbix setup: guest template has %d {$KVM.PAGE.AFTER} macros, want 1", n)
-	}
-	return pageMacro.ReplaceAll(src, []byte(fmt.Sprintf("${1}%ds", int(pageAfter/time.Second)))), nil
-}
-
+// importRules cover everything a template export may carry, so nothing in the YAML is dropped:
+// template dashboards, value maps, graphs, web scenarios, linked templates, and (6.2+) template
+// and host groups. "deleteMissing" makes the server's template equal to the file.
 func (s *setup) importRules() map[string]any {
 	all := map[string]any{"createMissing": true, "updateExisting": true, "deleteMissing": true}
-	cu := map[string]any{"createMissing": true, "updateExisting": true}
 	r := map[string]any{
-		"templates":       cu,
-		"items":           all,
-		"triggers":        all,
-		"discoveryRules":  all,
-		"valueMaps":       all,
-		"graphs":          all,
-		"httptests":       all,
-		"templateLinkage": map[string]any{"createMissing": true},
+		"templates":          map[string]any{"createMissing": true, "updateExisting": true},
+		"items":              all,
+		"triggers":           all,
+		"discoveryRules":     all,
+		"valueMaps":          all,
+		"graphs":             all,
+		"httptests":          all,
+		"templateDashboards": all,
+		"templateLinkage":    map[string]any{"createMissing": true, "deleteMissing": true},
 	}
 	if s.groups62 {
 		r["template_groups"] = map[string]any{"createMissing": true}
@@ -42,14 +35,90 @@ func (s *setup) importRules() map[string]any {
 	return r
 }
 
-func (s *setup) templates(ctx context.Context) error {
-	for _, t := range templates.All() {
-		src := t.YAML
-		if t.Name == templates.Guest {
-			var err error
-			if src, err = guestYAML(src, s.o.PageAfter); err != nil {
-				return err
+// templateYAML is the file as Setup imports it: the template's macros carry the values the server
+// already has (an admin's override of {$KVM.POLL.INTERVAL} survives a rerun, and a macro the admin
+// added stays), and {$KVM.PAGE.AFTER} carries --page-after (or the server's value).
+func (s *setup) templateYAML(t templates.Template) ([]byte, error) {
+	var vals []macro
+	for _, m := range s.cur.macros[t.Name] {
+		if m.Type != "0" && m.Type != "" { // a secret's value is not readable; vault paths stay the admin's
+			continue
+		}
+		vals = append(vals, m)
+	}
+	if t.Name == templates.Guest {
+		vals = append(vals, macro{Macro: pageMacro, Value: secs(s.o.PageAfter)})
+	}
+	return setMacros(t.YAML, vals)
+}
+
+// templateMacros is the line of the template's own macros list in the 6.0 export layout; host
+// prototypes carry macros too, further in.
+const templateMacros = "      macros:\n"
+
+// setMacros sets the values of the template-level macros in src and appends those it lacks. Only
+// the template's own macros block is touched, as text, so the file keeps its layout.
+func setMacros(src []byte, vals []macro) ([]byte, error) {
+	lines := strings.SplitAfter(string(src), "\n")
+	start := -1
+	for i, l := range lines {
+		if l == templateMacros {
+			if start >= 0 {
+				return nil, fmt.Errorf("zabbix setup: template file has two template macro lists")
 			}
+			start = i
+		}
+	}
+	if start < 0 {
+		return nil, fmt.Errorf("zabbix setup: template file has no template macro list (%q)", strings.TrimSpace(templateMacros))
+	}
+	end := start + 1
+	for end < len(lines) && strings.HasPrefix(lines[end], "        ") {
+		end++
+	}
+	const entry, field = "        -\n", "          "
+	block := append([]string{}, lines[start+1:end]...)
+	for _, m := range vals {
+		if strings.ContainsAny(m.Value, "\r\n") {
+			continue // not a value the text layout can carry; the file's own stays
+		}
+		value := field + "value: " + yamlQuote(m.Value) + "\n"
+		at := -1
+		for i, l := range block {
+			if strings.HasPrefix(l, field+"macro: ") && yamlUnquote(strings.TrimSpace(strings.TrimPrefix(l, field+"macro: "))) == m.Macro {
+				at = i
+			}
+		}
+		switch {
+		case at < 0:
+			block = append(block, entry, field+"macro: "+yamlQuote(m.Macro)+"\n", value)
+			if m.Description != "" && !strings.ContainsAny(m.Description, "\r\n") {
+				block = append(block, field+"description: "+yamlQuote(m.Description)+"\n")
+			}
+		case at+1 < len(block) && strings.HasPrefix(block[at+1], field+"value: "):
+			block[at+1] = value
+		default:
+			block = append(block[:at+1], append([]string{value}, block[at+1:]...)...)
+		}
+	}
+	out := append(append(append([]string{}, lines[:start+1]...), block...), lines[end:]...)
+	return []byte(strings.Join(out, "")), nil
+}
+
+func yamlQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+
+func yamlUnquote(s string) string {
+	if len(s) >= 2 && s[0] == '\'' && s[len(s)-1] == '\'' {
+		return strings.ReplaceAll(s[1:len(s)-1], "''", "'")
+	}
+	return s
+}
+
+func (s *setup) templates(ctx context.Context) error {
+	for _, t := range s.o.Templates {
+		src, err := s.templateYAML(t)
+		if err != nil {
+			return fmt.Errorf("%w (%s)", err, t.File)
 		}
 		before, err := s.templateID(ctx, t.Name)
 		if err != nil {

@@ -7,21 +7,65 @@ import (
 	"strings"
 )
 
-func (s *setup) userGroup(ctx context.Context) error {
-	var rights []map[string]any
-	for _, g := range []string{GuestGroup, HypervisorGroup} {
-		rights = append(rights, map[string]any{"permission": 2, "id": s.id("host group", g)})
+const permRead = 2 // host group permission "read"
+
+// userGroups keeps the on-call group (read access to the guest and hypervisor host groups, so
+// notifications about their hosts reach it) and the operator group (read access to the guests, so
+// its members see and can press the guest buttons). Rights the admin gave either group on other
+// host groups are kept.
+func (s *setup) userGroups(ctx context.Context) error {
+	if err := s.userGroup(ctx, s.o.UserGroup, GuestGroup, HypervisorGroup); err != nil {
+		return err
 	}
-	desired := map[string]any{"name": s.o.UserGroup}
-	get := map[string]any{}
+	return s.userGroup(ctx, s.o.OperatorGroup, GuestGroup)
+}
+
+type right struct {
+	Permission string `json:"permission"`
+	ID         string `json:"id"`
+}
+
+func (s *setup) userGroup(ctx context.Context, name string, readGroups ...string) error {
+	field, sel := "rights", "selectRights"
 	if s.groups62 {
-		desired["hostgroup_rights"] = rights
-		get["selectHostGroupRights"] = "extend"
-	} else {
-		desired["rights"] = rights
-		get["selectRights"] = "extend"
+		field, sel = "hostgroup_rights", "selectHostGroupRights"
 	}
-	_, err := s.ensure(ctx, object{kind: "user group", api: "usergroup", idField: "usrgrpid", name: s.o.UserGroup, desired: desired, get: get})
+	var got []struct {
+		Rights          []right `json:"rights"`
+		HostGroupRights []right `json:"hostgroup_rights"`
+	}
+	if err := s.api.Call(ctx, "usergroup.get", map[string]any{"output": []string{"usrgrpid"}, sel: "extend",
+		"filter": map[string]any{"name": name}}, &got); err != nil {
+		return fmt.Errorf("zabbix setup: find user group %q: %w", name, err)
+	}
+	have := map[string]string{}
+	if len(got) > 0 {
+		rs := got[0].Rights
+		if s.groups62 {
+			rs = got[0].HostGroupRights
+		}
+		for _, r := range rs {
+			have[r.ID] = r.Permission
+		}
+	}
+	for _, g := range readGroups {
+		id := s.id("host group", g)
+		// read, unless the admin gave more; a deny on our own group would silence it
+		if p := have[id]; p != "2" && p != "3" {
+			have[id] = fmt.Sprint(permRead)
+		}
+	}
+	ids := make([]string, 0, len(have))
+	for id := range have {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	rights := []map[string]any{}
+	for _, id := range ids {
+		rights = append(rights, map[string]any{"id": id, "permission": have[id]})
+	}
+	_, err := s.ensure(ctx, object{kind: "user group", api: "usergroup", idField: "usrgrpid", name: name,
+		desired: map[string]any{"name": name, field: rights}, get: map[string]any{sel: "extend"}})
 	return err
 }
 
@@ -44,8 +88,9 @@ func sendTo(v any) string {
 	return fmt.Sprint(v)
 }
 
-// user puts the named user into the on-call group and gives it the media it was given, keeping
-// the user's other groups and media.
+// user puts the named user (whose existence read checked) into the on-call group and gives it the
+// media it was given, keeping the user's other groups and media; a medium the admin disabled stays
+// disabled.
 func (s *setup) user(ctx context.Context) error {
 	if s.o.User == "" {
 		return nil
@@ -57,12 +102,12 @@ func (s *setup) user(ctx context.Context) error {
 			UsrGrpID string `json:"usrgrpid"`
 		} `json:"usrgrps"`
 	}
-	if err := s.api.Call(ctx, "user.get", map[string]any{"output": []string{"userid"}, "filter": map[string]any{"username": s.o.User},
+	if err := s.api.Call(ctx, "user.get", map[string]any{"output": []string{"userid"}, "userids": s.cur.userID,
 		"selectMedias": "extend", "selectUsrgrps": []string{"usrgrpid"}}, &got); err != nil {
-		return fmt.Errorf("zabbix setup: find user %q: %w", s.o.User, err)
+		return fmt.Errorf("zabbix setup: read user %q: %w", s.o.User, err)
 	}
 	if len(got) == 0 {
-		return fmt.Errorf("zabbix setup: user %q does not exist (create it in Zabbix first)", s.o.User)
+		return fmt.Errorf("zabbix setup: user %q (id %s) vanished during setup", s.o.User, s.cur.userID)
 	}
 	u := got[0]
 	gid := s.id("user group", s.o.UserGroup)
@@ -87,8 +132,8 @@ func (s *setup) user(ctx context.Context) error {
 	for _, m := range u.Medias {
 		to, ours := want[m.MediaTypeID]
 		if ours {
-			if sendTo(m.SendTo) == to && m.Active == "0" {
-				delete(want, m.MediaTypeID) // already there
+			if sendTo(m.SendTo) == to {
+				delete(want, m.MediaTypeID) // already there, enabled or not as the admin left it
 			} else {
 				changed = true
 				continue // replaced below

@@ -47,3 +47,13 @@ func TestClientNotLoggedIn(t *testing.T) {
 	err := New("http://127.0.0.1:1/").Call(context.Background(), "host.get", nil, nil)
 	assert.ErrorContains(t, err, "not logged in")
 }
+
+func TestParseVersion(t *testing.T) {
+	ma, mi, err := parseVersion("7.0.9")
+	require.NoError(t, err)
+	assert.Equal(t, [2]int{7, 0}, [2]int{ma, mi})
+	for _, bad := range []string{"", "7", "x.1", "7.y.1"} {
+		_, _, err := parseVersion(bad)
+		assert.ErrorContains(t, err, "want major.minor", bad)
+	}
+}
