@@ -68,3 +68,72 @@ func TestTemplatesCarryThePluginKeys(t *testing.T) {
 	_, err := Get("nope")
 	assert.ErrorContains(t, err, `no template "nope"`)
 }
+
+// collect gathers every item and item prototype (as maps) and every trigger and trigger prototype
+// expression with its name, anywhere in an export document.
+func collect(n any, items *[]map[string]any, triggers *[][2]string) {
+	switch v := n.(type) {
+	case map[string]any:
+		if _, ok := v["key"].(string); ok {
+			*items = append(*items, v)
+		}
+		if e, ok := v["expression"].(string); ok {
+			name, _ := v["name"].(string)
+			*triggers = append(*triggers, [2]string{name, e})
+		}
+		for _, sub := range v {
+			collect(sub, items, triggers)
+		}
+	case []any:
+		for _, sub := range v {
+			collect(sub, items, triggers)
+		}
+	}
+}
+
+func collectAll(t *testing.T, tpl Template) (items []map[string]any, triggers [][2]string) {
+	t.Helper()
+	var doc map[string]any
+	require.NoError(t, yaml.Unmarshal(tpl.YAML, &doc), tpl.File)
+	collect(doc, &items, &triggers)
+	return items, triggers
+}
+
+// Every trapper item the plugin pushes to accepts values only from the host's agent address
+// ({HOST.CONN}; guest hosts inherit the hypervisor's interface): anyone else who reaches the
+// trapper port could otherwise start the recovery ladder.
+func TestTrapperItemsAllowOnlyTheHypervisor(t *testing.T) {
+	n := 0
+	for _, tpl := range All() {
+		items, _ := collectAll(t, tpl)
+		for _, it := range items {
+			if it["type"] == "TRAP" {
+				n++
+				assert.Equal(t, "{HOST.CONN}", it["allowed_hosts"], "%s: trapper item %s", tpl.File, it["key"])
+			}
+		}
+	}
+	assert.GreaterOrEqual(t, n, 2, "kvm.domain.pool.push and haproxy.server.status.push[...] at least")
+}
+
+var periodFunc = regexp.MustCompile(`\b(max|min|avg|sum)\((/[^/]+/[^,]+),([^#)][^)]*)\)`)
+
+// A trigger over a time period must not fire before that period has passed: max(item,5m)=0 is
+// true on a new host's first 0 (a period holding fewer values still has a max). Each such
+// function needs the guard "the value at now-period" (last(item,#1:now-period)), as the page
+// trigger has; count() and nodata() forms do not need it.
+func TestPeriodTriggersWaitForThePeriod(t *testing.T) {
+	n := 0
+	for _, tpl := range All() {
+		_, triggers := collectAll(t, tpl)
+		for _, tr := range triggers {
+			for _, m := range periodFunc.FindAllStringSubmatch(tr[1], -1) {
+				n++
+				guard := "last(" + m[2] + ",#1:now-" + m[3] + ")"
+				assert.Contains(t, tr[1], guard, "%s: trigger %q: %s over %s fires before %s has passed", tpl.File, tr[0], m[1], m[3], m[3])
+			}
+		}
+	}
+	assert.GreaterOrEqual(t, n, 2, "the page and guest-agent triggers at least")
+	assert.Len(t, periodFunc.FindAllStringSubmatch("max(/T/k,#3)=0 or max(/T/k[a,b],5m)=0", -1), 1, "counts (#N) are not periods")
+}

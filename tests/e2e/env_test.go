@@ -3,11 +3,11 @@
 // Package e2e is the seed scenario end to end (issue 6): real QEMU guests on libvirtd inside the
 // test's network namespace, a real haproxy health-checking them, a real Zabbix 7.0 server with its
 // API and an SMTP sink, and a real zabbix_agent2 7.0 running the plugin. Zabbix is provisioned with
-// conf/zabbix.Setup exactly as `zabbix-agent2-plugin-kvm zabbix setup` does it; then guests are
+// conf/provision.Setup exactly as `zabbix-agent2-plugin-kvm zabbix setup` does it; then guests are
 // broken and the recovery ladder is watched through the API, the SMTP sink, haproxy and the
 // plugin's audit log until the service is back in the pool.
 //
-// Template import on Zabbix 6.0 is covered by conf/zabbix (TestSetup60ImportsAndIsIdempotent).
+// Template import on Zabbix 6.0 is covered by internal/provision (TestSetup60ImportsAndIsIdempotent).
 package e2e
 
 import (
@@ -22,8 +22,8 @@ import (
 	"time"
 
 	"zabbix-agent2-plugin-kvm/conf/templates"
-	"zabbix-agent2-plugin-kvm/conf/zabbix"
 	"zabbix-agent2-plugin-kvm/haproxy"
+	"zabbix-agent2-plugin-kvm/internal/provision"
 	"zabbix-agent2-plugin-kvm/kvm/guest"
 	"zabbix-agent2-plugin-kvm/tests/harness"
 	"zabbix-agent2-plugin-kvm/tests/lab"
@@ -73,7 +73,7 @@ type env struct {
 	hapc    *haproxy.Client
 	zbx     *zbx.Stack
 	agent   *harness.Agent
-	rep     zabbix.Report
+	rep     provision.Report
 	bin     string
 	kvmConf string
 	audit   string
@@ -241,7 +241,7 @@ func startEnv(t testing.TB, specs []guestSpec) *env {
 
 	ctx, cancel := ctxT(3 * time.Minute)
 	defer cancel()
-	e.rep, err = zabbix.Setup(ctx, e.zbx.API, zabbix.Options{
+	e.rep, err = provision.Setup(ctx, e.zbx.API, provision.Options{
 		PluginPath: e.bin, ConfigFile: e.kvmConf,
 		SMTPServer: "127.0.0.1", SMTPPort: e.zbx.SMTP.Port, SMTPFrom: mailFrom,
 		User: "Admin", UserEmail: oncall,

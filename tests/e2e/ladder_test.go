@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"zabbix-agent2-plugin-kvm/conf/zabbix"
+	"zabbix-agent2-plugin-kvm/internal/provision"
 	"zabbix-agent2-plugin-kvm/tests/harness"
 	"zabbix-agent2-plugin-kvm/tests/lab"
 )
@@ -370,7 +370,7 @@ func (e *env) awaitRepair(f failure, fault time.Time, w *watch) (*repair, error)
 	}
 
 	// the remote commands, as Zabbix recorded them and as the plugin audited them
-	ladder, _ := e.rep.Find("action", zabbix.LadderAction)
+	ladder, _ := e.rep.Find("action", provision.LadderAction)
 	steps := []alertStep{{"0", "1", "email"}, {"1", "2", "gentle restart command"}}
 	if f.forced {
 		steps = append(steps, alertStep{"1", "3", "forced restart command"})

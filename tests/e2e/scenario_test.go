@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"zabbix-agent2-plugin-kvm/conf/zabbix"
+	"zabbix-agent2-plugin-kvm/internal/provision"
 	"zabbix-agent2-plugin-kvm/tests/harness"
 	"zabbix-agent2-plugin-kvm/tests/lab"
 )
@@ -124,11 +124,11 @@ func (e *env) awaitPage(guest string) (*repair, error) {
 	if err != nil {
 		miss("page email: %v", err)
 	}
-	pageAct, _ := e.rep.Find("action", zabbix.PageAction)
+	pageAct, _ := e.rep.Find("action", provision.PageAction)
 	if as, missing := e.awaitAlerts(pg.EventID, pageAct.ID, []alertStep{{"0", "1", "page message"}}); len(missing) > 0 {
 		miss("alert.get: the page action did not do %s: %s", strings.Join(missing, ", "), describeAlerts(as))
 	}
-	ladder, _ := e.rep.Find("action", zabbix.LadderAction)
+	ladder, _ := e.rep.Find("action", provision.LadderAction)
 	if as, missing := e.awaitAlerts(prob.EventID, ladder.ID, []alertStep{{"0", "1", "email"}, {"1", "2", "gentle restart"},
 		{"1", "3", "forced restart"}}); len(missing) > 0 {
 		miss("alert.get: the ladder did not do %s: %s", strings.Join(missing, ", "), describeAlerts(as))

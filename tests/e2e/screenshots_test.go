@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"zabbix-agent2-plugin-kvm/conf/zabbix"
+	"zabbix-agent2-plugin-kvm/internal/provision"
 	"zabbix-agent2-plugin-kvm/tests/harness"
 )
 
@@ -39,7 +39,7 @@ func (e *env) screenshots(t *testing.T, r *repair) {
 		t.Fatalf("screenshots: no Guests group (%v) or guest user (%v)", groups, users)
 	}
 	var rights []map[string]any
-	for _, g := range []string{zabbix.GuestGroup, zabbix.HypervisorGroup} {
+	for _, g := range []string{provision.GuestGroup, provision.HypervisorGroup} {
 		hg, _ := e.rep.Find("host group", g)
 		rights = append(rights, map[string]any{"id": hg.ID, "permission": 2})
 	}
@@ -47,7 +47,7 @@ func (e *env) screenshots(t *testing.T, r *repair) {
 	var sub []struct {
 		ID string `json:"groupid"`
 	}
-	e.call("hostgroup.get", map[string]any{"search": map[string]any{"name": zabbix.GuestGroup + "/"}, "output": []string{"groupid"}}, &sub)
+	e.call("hostgroup.get", map[string]any{"search": map[string]any{"name": provision.GuestGroup + "/"}, "output": []string{"groupid"}}, &sub)
 	for _, g := range sub {
 		rights = append(rights, map[string]any{"id": g.ID, "permission": 2})
 	}
@@ -58,7 +58,7 @@ func (e *env) screenshots(t *testing.T, r *repair) {
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	guests, _ := e.rep.Find("host group", zabbix.GuestGroup)
+	guests, _ := e.rep.Find("host group", provision.GuestGroup)
 	shots := []struct{ file, path string }{
 		{"zabbix-guest-hosts.png", "zabbix.php?action=host.view&filter_groupids%5B%5D=" + guests.ID + "&filter_set=1"},
 		{"zabbix-problems.png", "zabbix.php?action=problem.view&filter_set=1&show=1&filter_show_timeline=0"},

@@ -26,7 +26,7 @@ import (
 	"testing"
 	"time"
 
-	"zabbix-agent2-plugin-kvm/conf/zabbix"
+	"zabbix-agent2-plugin-kvm/internal/zabbixapi"
 	"zabbix-agent2-plugin-kvm/tests/harness"
 )
 
@@ -81,7 +81,7 @@ type Stack struct {
 	APIVersion string // apiinfo.version, e.g. "7.0.9"
 	Dir        string // all state: pg/, run/ (logs, pid files, sockets)
 	// API is logged in as Admin.
-	API        *zabbix.Client
+	API        *zabbixapi.Client
 	URL        string // frontend root, http://127.0.0.1:port/
 	ServerConf string
 	ServerLog  string
@@ -167,7 +167,7 @@ func Start(t testing.TB, o Options) *Stack {
 		"/usr/bin/env", "PHP_CLI_SERVER_WORKERS=4", "php", "-d", "memory_limit=512M", "-d", "post_max_size=32M",
 		"-d", "max_execution_time=300", "-S", fmt.Sprintf("127.0.0.1:%d", s.WebPort), "-t", lay.frontend)
 
-	s.API = zabbix.New(s.URL)
+	s.API = zabbixapi.New(s.URL)
 	harness.WaitFor(t, 60*time.Second, 100*time.Millisecond, "frontend API (see "+run+"/php.log)", func() (bool, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -462,10 +462,22 @@ var senderResult = regexp.MustCompile(`processed: (\d+); failed: (\d+)`)
 // config cache does not know yet comes back as an error ("failed: 1"): callers that just created
 // it retry (harness.WaitFor).
 func (s *Stack) Send(ctx context.Context, host, key, value string) error {
+	return s.SendFrom(ctx, "", host, key, value)
+}
+
+// SendFrom is Send from the loopback source address source (zabbix_sender -I), e.g. 127.0.0.2 to
+// play someone other than the host; "" lets the kernel choose (127.0.0.1).
+func (s *Stack) SendFrom(ctx context.Context, source, host, key, value string) error {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, SenderPath, "-z", "127.0.0.1", "-p", strconv.Itoa(s.ServerPort),
-		"-s", host, "-k", key, "-o", value, "-t", "10").CombinedOutput()
+	args := []string{"-z", "127.0.0.1", "-p", strconv.Itoa(s.ServerPort), "-s", host, "-k", key, "-o", value, "-t", "10"}
+	if source != "" {
+		if ip := net.ParseIP(source); ip == nil || !ip.IsLoopback() {
+			return fmt.Errorf("zabbix_sender: source %q: tests send from loopback only", source)
+		}
+		args = append(args, "-I", source)
+	}
+	out, err := exec.CommandContext(ctx, SenderPath, args...).CombinedOutput()
 	m := senderResult.FindStringSubmatch(string(out))
 	if m == nil {
 		return fmt.Errorf("zabbix_sender %s %s: %v: %s", host, key, err, lastLines(string(out), 5))

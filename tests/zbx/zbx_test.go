@@ -15,7 +15,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"zabbix-agent2-plugin-kvm/conf/zabbix"
+	"zabbix-agent2-plugin-kvm/internal/zabbixapi"
 	"zabbix-agent2-plugin-kvm/tests/harness"
 )
 
@@ -39,7 +39,7 @@ func TestStart(t *testing.T) {
 			assert.Equal(t, "1", hosts[0].Status, "stock Zabbix server host should be disabled")
 
 			err := s.API.Call(ctx, "hostgroup.create", map[string]any{"name": "x", "no_such_param": 1}, nil)
-			var apiErr *zabbix.APIError
+			var apiErr *zabbixapi.APIError
 			require.True(t, errors.As(err, &apiErr), "want an API error, got %v", err)
 			assert.Contains(t, apiErr.Data, "no_such_param")
 
@@ -75,7 +75,7 @@ func TestStart(t *testing.T) {
 }
 
 // The sink's SMTP dialogue, driven by Go's SMTP client; the Zabbix server's delivery is tested in
-// conf/zabbix.
+// internal/provision.
 func TestSMTPSink(t *testing.T) {
 	s := StartSMTP(t, harness.FreePort(t, portLo, portHi))
 	body := "Subject: =?UTF-8?B?UHJvYmxlbTogw6k=?=\r\nFrom: a@kvm.test\r\n\r\nline 1\r\n.dotted\r\n"

@@ -1,7 +1,7 @@
-// Package zabbix is a small Zabbix JSON-RPC API client and the provisioning (Setup) that turns a
-// fresh Zabbix 6.0 or 7.0 server into one that runs the KVM recovery ladder. It talks only to the
-// frontend API; it knows nothing about the agent plugin.
-package zabbix
+// Package zabbixapi is a small client of the Zabbix frontend's JSON-RPC API (6.0 to 7.x): login or
+// API token, version detection, one call with a deadline. It knows nothing about the objects it
+// carries; internal/provision builds those.
+package zabbixapi
 
 import (
 	"bytes"
