@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"strings"
 	"syscall"
 	"time"
@@ -31,6 +33,9 @@ Options:
   --dry-run    show exactly what an action would do, changing nothing
   --timeout S  overall deadline in seconds (default: Plugins.KVM.Timeout for get, the Actions.*Seconds for actions)
   --caller N   who acts, for the audit log (default cli:$USER; the provisioned Zabbix scripts say zabbix)
+  --background check the configuration, then run the action detached and exit 0 at once (the
+               frontend buttons: the server waits for a button only its Timeout); the audit log
+               tells how it ended
 
 Exit status: 0 done and verified; 1 failed or not done; 2 usage; 3 refused or held (policy, rate
 limit, lock, an operator's hold or stop, the storm guard); 4 (exec) the command ran and exited
@@ -45,12 +50,13 @@ type cliVerb struct {
 }
 
 type cliEnv struct {
-	cfgFile string
-	dryRun  bool
-	caller  string
-	timeout time.Duration
-	stdout  io.Writer
-	stderr  io.Writer
+	cfgFile    string
+	dryRun     bool
+	background bool
+	caller     string
+	timeout    time.Duration
+	stdout     io.Writer
+	stderr     io.Writer
 }
 
 func verbTable() []cliVerb {
@@ -59,6 +65,7 @@ func verbTable() []cliVerb {
 		{name: "keys", help: "list every item key with its parameters and description", run: cliKeys},
 		{name: "conf", help: "print the documented kvm.conf (every Plugins.KVM.* option with its default)", run: cliConf},
 		{name: "version", help: "print the version", run: cliVersion},
+		{name: "diagnose", args: "DOMAIN", help: "what the hypervisor sees of a guest and the verdict repair would act on; changes nothing", run: cliDiagnose},
 		{name: "help", help: "this text", run: nil},
 		{name: "zabbix", args: "setup --url URL (--token T | --user U --password P) [flags]",
 			help: "provision templates, media types, on-call group, scripts and the escalation Action (idempotent)", run: cliZabbix},
@@ -99,6 +106,7 @@ func runCLI(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&env.dryRun, "dry-run", false, "dry run")
 	fs.StringVar(&env.caller, "caller", "", "caller")
 	fs.IntVar(&timeout, "timeout", 0, "seconds")
+	fs.BoolVar(&env.background, "background", false, "detach")
 	if err := fs.Parse(args); err != nil {
 		if err == flag.ErrHelp {
 			fmt.Fprint(stdout, helpText())
@@ -115,6 +123,13 @@ func runCLI(args []string, stdout, stderr io.Writer) int {
 	}
 	for _, v := range verbTable() {
 		if v.name == rest[0] && v.run != nil {
+			if env.background {
+				if !v.action {
+					fmt.Fprintf(stderr, "error: --background is for actions; %s answers at once\n", v.name)
+					return 2
+				}
+				return detach(env, args)
+			}
 			return v.run(env, rest[1:])
 		}
 	}
@@ -257,4 +272,58 @@ func exitStatus(err error) int {
 		return 3
 	}
 	return 1
+}
+
+// detach checks the configuration and the actions policy, then starts this command again without
+// --background in a session of its own, its output discarded, and returns at once: the agent
+// waiting for a frontend button's output would otherwise cut a long action off half-way.
+func detach(env *cliEnv, args []string) int {
+	h, err := openHypervisor(env)
+	if err != nil {
+		fmt.Fprintf(env.stderr, "error: %v\n", err)
+		return 1
+	}
+	_, err = h.Actor(callerName(env.caller), env.dryRun)
+	h.Close()
+	if err != nil {
+		fmt.Fprintf(env.stderr, "error: %v\n", err)
+		return 1
+	}
+	var child []string
+	for _, a := range args {
+		if a != "--background" && a != "-background" {
+			child = append(child, a)
+		}
+	}
+	self, err := os.Executable()
+	if err != nil {
+		fmt.Fprintf(env.stderr, "error: %v\n", err)
+		return 1
+	}
+	cmd := exec.Command(self, child...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil { // stdin, stdout and stderr: /dev/null
+		fmt.Fprintf(env.stderr, "error: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(env.stdout, "started in the background (pid %d): %s\nthe audit log says how it ends\n", cmd.Process.Pid, strings.Join(child, " "))
+	_ = cmd.Process.Release()
+	return 0
+}
+
+func cliDiagnose(env *cliEnv, args []string) int {
+	if len(args) != 1 {
+		fmt.Fprintln(env.stderr, "usage: diagnose DOMAIN")
+		return 2
+	}
+	return withActor(env, callTimeout, func(ctx context.Context, _ *hypervisor.Hypervisor, a *actions.Actor) int {
+		d, err := a.Diagnose(ctx, args[0])
+		b, _ := json.MarshalIndent(d, "", "  ")
+		fmt.Fprintln(env.stdout, string(b))
+		if err != nil {
+			fmt.Fprintf(env.stderr, "error: %v\n", err)
+			return 1
+		}
+		return 0
+	})
 }

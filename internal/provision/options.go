@@ -228,6 +228,11 @@ func (o *Options) resolve(cur *current) error {
 // The command starts with "exec <plugin> -" because the AllowKey rules of conf/zabbix_agent2.conf let
 // nothing else through: exec replaces the shell with the plugin, so nothing after a newline runs.
 func (o *Options) Command(caller, verb string, extra ...string) string {
+	return o.command(caller, nil, verb, extra...)
+}
+
+// command is Command with global options (before the verb, where the CLI takes them).
+func (o *Options) command(caller string, global []string, verb string, extra ...string) string {
 	plugin := o.PluginPath
 	if plugin == "" {
 		plugin = DefaultPlugin
@@ -236,7 +241,11 @@ func (o *Options) Command(caller, verb string, extra ...string) string {
 	if o.ConfigFile != "" {
 		cmd += " -c " + o.ConfigFile
 	}
-	cmd += " --caller " + caller + " " + verb + " '{HOST.HOST}'"
+	cmd += " --caller " + caller
+	for _, g := range global {
+		cmd += " " + g
+	}
+	cmd += " " + verb + " '{HOST.HOST}'"
 	for _, a := range extra {
 		cmd += " " + a
 	}

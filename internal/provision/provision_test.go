@@ -112,10 +112,12 @@ func TestCommands(t *testing.T) {
 	verbs := map[string]bool{}
 	for _, b := range buttons {
 		verbs[b.verb] = true
-		cmd := o.Command(ButtonCaller, b.verb, b.extra...)
+		cmd := o.buttonCommand(b)
 		assert.True(t, strings.HasPrefix(cmd, "exec "+o.PluginPath+" -"), "%s: the form the agent's AllowKey rules let through", cmd)
 		assert.Equal(t, 1, strings.Count(cmd, "{"), "%s: only {HOST.HOST}, never a free-text macro", cmd)
 		assert.NotContains(t, b.confirm+b.desc, "{$", b.name)
+		assert.Equal(t, b.verb == "reboot" || b.verb == "forced-restart" || b.verb == "recover", strings.Contains(cmd, " --background "),
+			"%s: the long verbs run detached, the quick ones answer the button", cmd)
 		if b.verb == "diagnose" {
 			assert.Empty(t, b.confirm, "diagnose changes nothing: no confirmation")
 		} else {

@@ -31,16 +31,28 @@ type button struct {
 	extra      []string // arguments after the domain
 	confirm    string
 	desc       string
+	background bool // takes longer than the server waits for a button: run detached
+}
+
+// buttonCommand is a button's command. The server waits for a button's output only its Timeout
+// (3 s by default): the verbs that take longer run in the background (--background), so the agent
+// does not cut them off half-way; the audit log and the ladder item tell how they ended.
+func (o *Options) buttonCommand(b button) string {
+	var global []string
+	if b.background {
+		global = []string{"--background"}
+	}
+	return o.command(ButtonCaller, global, b.verb, b.extra...)
 }
 
 var buttons = []button{
-	{name: "KVM: Reboot", verb: "reboot",
+	{name: "KVM: Reboot", verb: "reboot", background: true,
 		confirm: "Reboot guest {HOST.NAME} (ACPI / guest agent)?",
 		desc:    "Gentle restart of the guest through libvirt, as the ladder's step 2."},
-	{name: "KVM: Forced restart", verb: "forced-restart",
+	{name: "KVM: Forced restart", verb: "forced-restart", background: true,
 		confirm: "Force a restart of guest {HOST.NAME}: reset, or destroy + start when its QEMU is hung? Unsaved data in the guest is lost.",
 		desc:    "Reset, else destroy + start, as the ladder's forced step."},
-	{name: "KVM: Recover", verb: "recover",
+	{name: "KVM: Recover", verb: "recover", background: true,
 		confirm: "Recover guest {HOST.NAME}: drain it in haproxy, reboot, escalate to reset and destroy + start until its check passes, then ready it?",
 		desc:    "The whole recovery sequence with the haproxy pool steps."},
 	{name: "KVM: Drain", verb: "drain",
@@ -64,7 +76,7 @@ var buttons = []button{
 func (s *setup) buttons(ctx context.Context) error {
 	for _, b := range buttons {
 		desired := map[string]any{"name": b.name, "type": 0, "scope": 2, "execute_on": 0, "menu_path": ButtonMenu,
-			"command": s.o.Command(ButtonCaller, b.verb, b.extra...), "description": b.desc, "confirmation": b.confirm,
+			"command": s.o.buttonCommand(b), "description": b.desc, "confirmation": b.confirm,
 			"usrgrpid": s.id("user group", s.o.OperatorGroup), "groupid": s.id("host group", GuestGroup), "host_access": permRead}
 		if _, err := s.ensure(ctx, object{kind: "script", api: "script", idField: "scriptid", name: b.name, desired: desired}); err != nil {
 			return err
