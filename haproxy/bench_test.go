@@ -3,6 +3,7 @@ package haproxy
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -96,8 +97,8 @@ func FuzzParseStat(f *testing.F) {
 			if v, ok := s.Raw("pxname"); !ok || v != s.Proxy || s.Proxy == "" || s.Name == "" {
 				t.Fatalf("row %d: pxname %q/%v vs %q", i, v, ok, s.Proxy)
 			}
-			if len(s.values) != len(s.Columns()) {
-				t.Fatalf("row %d: %d values for %d columns", i, len(s.values), len(s.Columns()))
+			if v := s.values(nil); len(v) != len(s.Columns()) {
+				t.Fatalf("row %d: %d values for %d columns", i, len(v), len(s.Columns()))
 			}
 		}
 		if g := EncodeStats(stats); !json.Valid(g) {
@@ -111,6 +112,11 @@ func FuzzParseServersState(f *testing.F) {
 		f.Add(fixture(f, name))
 	}
 	f.Fuzz(func(t *testing.T, reply string) {
+		if ascii := strings.IndexFunc(reply, func(r rune) bool { return r >= 0x80 }) < 0; ascii {
+			if got, want := appendFields(nil, reply), strings.Fields(reply); !slices.Equal(got, want) && len(got)+len(want) > 0 {
+				t.Fatalf("appendFields(%q) = %q, strings.Fields: %q", reply, got, want)
+			}
+		}
 		states, err := ParseServersState(reply)
 		if err != nil {
 			return

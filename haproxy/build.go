@@ -3,7 +3,7 @@ package haproxy
 import (
 	"net"
 	"strconv"
-	"unicode/utf8"
+	"zabbix-agent2-plugin-kvm/internal/jsonstr"
 )
 
 // AddrIP returns the IP of a show stat addr ("10.0.0.11:80", "[fd00::1]:80"), or "" when there is none.
@@ -103,70 +103,93 @@ var stringColumns = map[string]bool{
 // with thousands of servers, going through maps and encoding/json costs several times more than
 // the socket exchange. Rows not made by ParseStat (no columns) are written with their typed fields.
 func EncodeStats(stats []Stat) []byte {
-	size := 2
+	e := statEncoder{}
+	e.grow(stats, nil)
 	for i := range stats {
-		for j, v := range stats[i].values {
-			if v != "" {
-				size += len(v) + len(stats[i].Columns()[j]) + 6
-			}
+		e.row(&stats[i])
+	}
+	return e.end()
+}
+
+// statEncoder writes rows of show stat as a JSON array; the column keys are built once per header.
+type statEncoder struct {
+	b        []byte
+	rows     int
+	cols     *columns
+	keys     [][]byte // per column: `"name":`, nil for a column left out
+	asString []bool
+	scratch  []string
+}
+
+// grow sizes the buffer for the rows (all of stats, or those at idx): the JSON of a row is 2.7 to
+// 3.3 times its CSV (the 2.6 capture; 10,000 generated servers), and one allocation of about the
+// right size is what keeps a 10,000-server haproxy.get from copying megabytes as it grows.
+func (e *statEncoder) grow(stats []Stat, idx []int) {
+	n := 2
+	add := func(s *Stat) { n += len(s.line)*7/2 + 16 }
+	if idx == nil {
+		for i := range stats {
+			add(&stats[i])
+		}
+	} else {
+		for _, i := range idx {
+			add(&stats[i])
 		}
 	}
-	b := make([]byte, 0, size)
-	b = append(b, '[')
-	var keys [][]byte // per column: `"name":`, nil for a column left out
-	var asString []bool
-	var kcols *columns
-	for i := range stats {
-		s := &stats[i]
-		if s.cols == nil {
-			if i > 0 {
-				b = append(b, ',')
+	e.b = make([]byte, 0, n)
+	e.b = append(e.b, '[')
+}
+
+func (e *statEncoder) row(s *Stat) {
+	if e.rows > 0 {
+		e.b = append(e.b, ',')
+	}
+	e.rows++
+	v := s.values(e.scratch)
+	if v == nil {
+		e.b = append(e.b, `{"pxname":`...)
+		e.b = jsonstr.Append(e.b, s.Proxy)
+		e.b = append(e.b, `,"svname":`...)
+		e.b = jsonstr.Append(e.b, s.Name)
+		e.b = append(e.b, `,"type":`...)
+		e.b = strconv.AppendInt(e.b, int64(s.Type), 10)
+		e.b = append(e.b, `,"status":`...)
+		e.b = jsonstr.Append(e.b, s.Status)
+		e.b = append(e.b, '}')
+		return
+	}
+	e.scratch = v
+	if s.cols != e.cols {
+		e.cols = s.cols
+		e.keys, e.asString = make([][]byte, len(e.cols.names)), make([]bool, len(e.cols.names))
+		for j, n := range e.cols.names {
+			if n != "" && n != "-" { // "-" is a placeholder column of 2.6
+				e.keys[j] = append(jsonstr.Append(nil, n), ':')
 			}
-			b = append(b, `{"pxname":`...)
-			b = appendJSONString(b, s.Proxy)
-			b = append(b, `,"svname":`...)
-			b = appendJSONString(b, s.Name)
-			b = append(b, `,"type":`...)
-			b = strconv.AppendInt(b, int64(s.Type), 10)
-			b = append(b, `,"status":`...)
-			b = appendJSONString(b, s.Status)
-			b = append(b, '}')
+			e.asString[j] = stringColumns[n]
+		}
+	}
+	e.b = append(e.b, '{')
+	first := true
+	for j, x := range v {
+		if x == "" || e.keys[j] == nil {
 			continue
 		}
-		if s.cols != kcols {
-			kcols = s.cols
-			keys, asString = make([][]byte, len(kcols.names)), make([]bool, len(kcols.names))
-			for j, n := range kcols.names {
-				if n != "" && n != "-" { // "-" is a placeholder column of 2.6
-					keys[j] = append(appendJSONString(nil, n), ':')
-				}
-				asString[j] = stringColumns[n]
-			}
+		if !first {
+			e.b = append(e.b, ',')
 		}
-		if i > 0 {
-			b = append(b, ',')
+		first = false
+		e.b = append(e.b, e.keys[j]...)
+		if !e.asString[j] && isJSONInt(x) {
+			e.b = append(e.b, x...)
+		} else {
+			e.b = jsonstr.Append(e.b, x)
 		}
-		b = append(b, '{')
-		first := true
-		for j, v := range s.values {
-			if v == "" || keys[j] == nil {
-				continue
-			}
-			if !first {
-				b = append(b, ',')
-			}
-			first = false
-			b = append(b, keys[j]...)
-			if !asString[j] && isJSONInt(v) {
-				b = append(b, v...)
-			} else {
-				b = appendJSONString(b, v)
-			}
-		}
-		b = append(b, '}')
 	}
-	return append(b, ']')
+	e.b = append(e.b, '}')
 }
+
+func (e *statEncoder) end() []byte { return append(e.b, ']') }
 
 // isJSONInt accepts -?(0|[1-9][0-9]*) up to 18 digits, which JSON and Zabbix read as exact integers.
 func isJSONInt(s string) bool {
@@ -182,55 +205,4 @@ func isJSONInt(s string) bool {
 		}
 	}
 	return true
-}
-
-const hexDigits = "0123456789abcdef"
-
-// appendJSONString quotes s as a JSON string; invalid UTF-8 becomes U+FFFD as encoding/json does.
-func appendJSONString(b []byte, s string) []byte {
-	b = append(b, '"')
-	start := 0
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c >= 0x20 && c != '"' && c != '\\' && c < utf8.RuneSelf {
-			i++
-			continue
-		}
-		if c < utf8.RuneSelf {
-			b = append(b, s[start:i]...)
-			switch c {
-			case '"', '\\':
-				b = append(b, '\\', c)
-			case '\n':
-				b = append(b, '\\', 'n')
-			case '\r':
-				b = append(b, '\\', 'r')
-			case '\t':
-				b = append(b, '\\', 't')
-			default:
-				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
-			}
-			i++
-			start = i
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
-			b = append(b, s[start:i]...)
-			b = append(b, `\ufffd`...)
-			i++
-			start = i
-			continue
-		}
-		if r == '\u2028' || r == '\u2029' {
-			b = append(b, s[start:i]...)
-			b = append(b, '\\', 'u', '2', '0', '2', hexDigits[r&0xf])
-			i += size
-			start = i
-			continue
-		}
-		i += size
-	}
-	b = append(b, s[start:]...)
-	return append(b, '"')
 }

@@ -125,15 +125,43 @@ func (c *Client) Command(ctx context.Context, cmd string) (string, error) {
 	if _, err := io.WriteString(conn, cmd+"\n"); err != nil {
 		return "", fmt.Errorf("haproxy socket %s: %q: write: %w", c.Addr, cmd, netdeadline.Err(ctx, err))
 	}
-	var b strings.Builder
-	n, err := io.Copy(&b, io.LimitReader(conn, maxReply+1))
+	reply, n, err := readAll(io.LimitReader(conn, maxReply+1))
 	if err != nil {
 		return "", fmt.Errorf("haproxy socket %s: %q: read after %d bytes: %w", c.Addr, cmd, n, netdeadline.Err(ctx, err))
 	}
 	if n > maxReply {
 		return "", fmt.Errorf("haproxy socket %s: %q: reply larger than %d bytes", c.Addr, cmd, maxReply)
 	}
-	return b.String(), nil
+	return reply, nil
+}
+
+// readAll reads r to EOF in chunks and copies them once into a string of the exact size. Growing
+// one buffer instead reallocates it by a quarter at a time: a 2.4 MB show stat (10,000 servers)
+// would leave several times its size behind as garbage on every read.
+func readAll(r io.Reader) (string, int, error) {
+	var chunks [][]byte
+	total, size := 0, 16<<10 // most replies (set server, show info) fit the first chunk
+	for {
+		buf := make([]byte, size)
+		size = min(2*size, 1<<20)
+		k, err := io.ReadFull(r, buf)
+		if k > 0 {
+			chunks = append(chunks, buf[:k])
+			total += k
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			break
+		}
+		if err != nil {
+			return "", total, err
+		}
+	}
+	var b strings.Builder
+	b.Grow(total)
+	for _, c := range chunks {
+		b.Write(c)
+	}
+	return b.String(), total, nil
 }
 
 // replyText gives haproxy's message for an error reply, trimmed to something fit for one log line.

@@ -41,6 +41,29 @@ func BenchmarkLive1000(b *testing.B) {
 			_ = EncodeStats(stats)
 		}
 	})
+	// the snapshot every key is served from: both commands on two connections at once (Snapshot)
+	// next to one after the other
+	b.Run("snapshot_concurrent", func(b *testing.B) {
+		for b.Loop() {
+			s, err := c.Snapshot(ctx)
+			if err != nil || len(s.States) != 1000 {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("snapshot_sequential", func(b *testing.B) {
+		for b.Loop() {
+			stats, err := c.ShowStat(ctx)
+			if err != nil {
+				b.Fatal(err)
+			}
+			states, err := c.ShowServersState(ctx, "")
+			if err != nil || len(states) != 1000 {
+				b.Fatal(err)
+			}
+			_ = NewSnapshot(stats, states, time.Now())
+		}
+	})
 	b.Run("client_command_only", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {

@@ -67,8 +67,8 @@ type ServerState struct {
 	InitialWeight   int64  // srv_iweight
 	SinceLastChange int64  // srv_time_since_last_change, seconds
 
-	cols   *columns
-	values []string
+	cols *columns
+	line string // the row as haproxy sent it, split again by Raw (see Stat)
 }
 
 // Raw returns any column by name.
@@ -80,7 +80,31 @@ func (s *ServerState) Raw(name string) (string, bool) {
 	if !ok {
 		return "", false
 	}
-	return s.values[i], true
+	v := appendFields(nil, s.line)
+	if len(v) != len(s.cols.names) {
+		return "", false
+	}
+	return v[i], true
+}
+
+// asciiSpace is what strings.Fields splits ASCII text on.
+const asciiSpace = " \t\n\v\f\r"
+
+// appendFields appends the space-separated fields of row to dst: strings.Fields for ASCII text,
+// without a new slice per row.
+func appendFields(dst []string, row string) []string {
+	for {
+		row = strings.TrimLeft(row, asciiSpace)
+		if row == "" {
+			return dst
+		}
+		i := strings.IndexAny(row, asciiSpace)
+		if i < 0 {
+			return append(dst, row)
+		}
+		dst = append(dst, row[:i])
+		row = row[i:]
+	}
 }
 
 // AdminState names the admin bits as set server … state does: maint, drain or ready.
@@ -154,13 +178,15 @@ func ParseServersState(reply string) ([]ServerState, error) {
 	if be < 0 || srv < 0 || op < 0 || admin < 0 {
 		return nil, errors.New("show servers state: header lacks be_name, srv_name, srv_op_state or srv_admin_state")
 	}
-	var out []ServerState
+	out := make([]ServerState, 0, strings.Count(rest, "\n"))
+	var scratch []string
 	line := 2
 	for rest != "" {
 		line++
 		var row string
 		row, rest, _ = strings.Cut(rest, "\n")
-		v := strings.Fields(row)
+		v := appendFields(scratch[:0], row)
+		scratch = v
 		if len(v) != len(names) {
 			return nil, fmt.Errorf("show servers state: line %d: %d fields, header has %d (truncated or malformed row)", line, len(v), len(names))
 		}
@@ -178,7 +204,7 @@ func ParseServersState(reply string) ([]ServerState, error) {
 		s := ServerState{
 			BackendID: num(beID), Backend: v[be], ServerID: num(srvID), Server: v[srv],
 			Port: num(port), OpState: num(op), AdminBits: num(admin), UserWeight: num(uw), InitialWeight: num(iw),
-			SinceLastChange: num(since), cols: cols, values: v,
+			SinceLastChange: num(since), cols: cols, line: row,
 		}
 		if addr >= 0 {
 			s.Addr = v[addr]

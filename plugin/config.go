@@ -128,7 +128,7 @@ var options = []option{
 		return nil
 	}},
 	{"Timeout", "", "1-30", "Seconds any libvirt, guest-agent, socket or network call may take. Default: the agent's Timeout.", intRange(1, 30, func(c *Config, n int) { c.Timeout = time.Duration(n) * time.Second })},
-	{"CacheSeconds", "5", "0-3600", "Seconds one bulk statistics call serves every key (0: a call per poll, still shared by concurrent polls).", intRange(0, 3600, func(c *Config, n int) { c.CacheSeconds = n })},
+	{"CacheSeconds", "5", "0-3600", "Seconds one libvirt bulk statistics call, and one haproxy snapshot, serve every key (0: a read per poll, still shared by concurrent polls).", intRange(0, 3600, func(c *Config, n int) { c.CacheSeconds = n })},
 	{"InventorySeconds", "60", "1-86400", "Seconds domain XML (title, MACs) and resolved guest addresses are cached.", intRange(1, 86400, func(c *Config, n int) { c.InventorySeconds = n })},
 	{"GuestNetworks", "", "", "Comma-separated CIDRs of the guests' private segment. kvm.domain.tcp/http connect only to addresses inside them; empty: those checks are refused.", func(c *Config, v string) error {
 		c.GuestNetworks = nil

@@ -64,12 +64,25 @@ func haproxyServerDiscovery(hp HAProxy, s Stats, inv Inventory) handler {
 }
 
 func haproxyGet(hp HAProxy) handler {
-	return func(ctx context.Context, _ map[string]string) (any, error) {
+	return func(ctx context.Context, params map[string]string) (any, error) {
 		snap, err := haproxySnapshot(ctx, hp)
 		if err != nil {
 			return nil, err
 		}
-		return string(snap.JSON()), nil
+		if params["Rows"] == "proxies" {
+			return snap.ProxiesJSON(), nil
+		}
+		return snap.JSON(), nil
+	}
+}
+
+func haproxyBackendGet(hp HAProxy) handler {
+	return func(ctx context.Context, params map[string]string) (any, error) {
+		snap, err := haproxySnapshot(ctx, hp)
+		if err != nil {
+			return nil, err
+		}
+		return snap.BackendJSON(params["Backend"])
 	}
 }
 

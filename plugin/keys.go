@@ -37,6 +37,7 @@ const (
 	keyHAProxyDiscovery    = "haproxy.discovery"
 	keyHAProxyServerDisc   = "haproxy.server.discovery"
 	keyHAProxyGet          = "haproxy.get"
+	keyHAProxyBackendGet   = "haproxy.backend.get"
 	keyHAProxyInfo         = "haproxy.info"
 	keyHAProxyServerStatus = "haproxy.server.status"
 	keyHAProxyServerSet    = "haproxy.server.set"
@@ -103,7 +104,11 @@ func keys(d *Deps, cfg *Config) map[string]key {
 		keyHAProxyDiscovery: {metric.New("LLD of haproxy frontends and backends.", nil, false), haproxyDiscovery(d.HAProxy)},
 		keyHAProxyServerDisc: {metric.New("LLD of haproxy servers, with the libvirt domain that owns each server's address.", nil, false),
 			haproxyServerDiscovery(d.HAProxy, d.Stats, d.Inventory)},
-		keyHAProxyGet:  {metric.New("Every show stat row (frontends, backends, servers) as JSON (master item).", nil, false), haproxyGet(d.HAProxy)},
+		keyHAProxyGet: {metric.New("The show stat rows as JSON (master item): every row, or with proxies only the FRONTEND and BACKEND rows.",
+			[]*metric.Param{metric.NewParam("Rows", "all rows, or proxies: frontends and backends without their servers").WithDefault("all").
+				WithValidator(metric.SetValidator{Set: []string{"all", "proxies"}})}, false), haproxyGet(d.HAProxy)},
+		keyHAProxyBackendGet: {metric.New("One backend's show stat rows (its servers and its BACKEND row) as JSON (master item for a large haproxy).",
+			[]*metric.Param{backendParam()}, false), haproxyBackendGet(d.HAProxy)},
 		keyHAProxyInfo: {metric.New("The haproxy show info fields as JSON.", nil, false), haproxyInfo(d.HAProxy)},
 		keyHAProxyServerStatus: {metric.New("A server's status (UP, DOWN, MAINT, DRAIN, NOLB, no check), check detail and admin state, as JSON.",
 			[]*metric.Param{backendParam(), serverParam()}, false), haproxyServerStatus(d.HAProxy)},

@@ -174,6 +174,29 @@ func TestDomainDiscoveryMapsHAProxyServers(t *testing.T) {
 	require.Contains(t, v, `"pool":"DRAIN"`)
 	_, err = get(t, p, "haproxy.server.status", "web", "nope")
 	require.EqualError(t, err, `haproxy.server.status[web,nope]: backend "web" has no server "nope"`)
+
+	// the master items: every row, the proxies only, one backend
+	rowsOf := func(params ...string) (names []string) {
+		t.Helper()
+		v, err := get(t, p, params[0], params[1:]...)
+		require.NoError(t, err)
+		var rows []struct{ Pxname, Svname string }
+		require.NoError(t, json.Unmarshal([]byte(v), &rows), v)
+		for _, r := range rows {
+			names = append(names, r.Pxname+"/"+r.Svname)
+		}
+		return names
+	}
+	require.Len(t, rowsOf("haproxy.get"), 13)
+	require.Equal(t, rowsOf("haproxy.get"), rowsOf("haproxy.get", "all"))
+	require.Equal(t, []string{"fe_http/FRONTEND", "web/BACKEND", "api/BACKEND"}, rowsOf("haproxy.get", "proxies"))
+	require.Equal(t, []string{"api/api-01", "api/api-02", "api/BACKEND"}, rowsOf("haproxy.backend.get", "api"))
+	_, err = get(t, p, "haproxy.get", "servers")
+	require.ErrorContains(t, err, `haproxy.get[servers]: invalid parameter Rows "servers"`)
+	_, err = get(t, p, "haproxy.backend.get", "fe_http")
+	require.EqualError(t, err, `haproxy.backend.get[fe_http]: no backend "fe_http" in show stat`)
+	_, err = get(t, p, "haproxy.backend.get")
+	require.ErrorContains(t, err, "haproxy.backend.get: ")
 }
 
 // No key dials an address that libvirt's test driver reported, whatever GuestNetworks says, and
@@ -281,7 +304,7 @@ func TestKeyNamesAreStable(t *testing.T) {
 	for _, k := range KeyUsage() {
 		names = append(names, strings.SplitN(k[0], "[", 2)[0])
 	}
-	require.Equal(t, []string{"haproxy.discovery", "haproxy.get", "haproxy.info", "haproxy.server.discovery",
+	require.Equal(t, []string{"haproxy.backend.get", "haproxy.discovery", "haproxy.get", "haproxy.info", "haproxy.server.discovery",
 		"haproxy.server.set", "haproxy.server.status", "kvm.actions.check", "kvm.domain.agent.get", "kvm.domain.agent.ping",
 		"kvm.domain.discovery", "kvm.domain.disk.discovery", "kvm.domain.exec", "kvm.domain.get", "kvm.domain.guard",
 		"kvm.domain.http", "kvm.domain.net.discovery", "kvm.domain.state", "kvm.domain.tcp",

@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
+	"zabbix-agent2-plugin-kvm/internal/jsonstr"
 )
 
 // JSONType is the only payload type the agents send.
@@ -160,6 +162,9 @@ func Read(r io.Reader) (Common, []byte, error) {
 
 // Encode returns the framed bytes of v.
 func Encode(v any) ([]byte, error) {
+	if r, ok := v.(ExportResponse); ok {
+		return encodeExport(&r), nil
+	}
 	body, err := json.Marshal(v)
 	if err != nil {
 		return nil, err
@@ -169,6 +174,33 @@ func Encode(v any) ([]byte, error) {
 	binary.LittleEndian.PutUint32(buf[4:8], uint32(len(body)))
 	copy(buf[headerSize:], body)
 	return buf, nil
+}
+
+// encodeExport frames a key's answer without encoding/json: the value may be megabytes (haproxy.get
+// of 10,000 servers is 10 MB), which json.Marshal would quote into a buffer of its own that Encode
+// then copies into the frame; here it is quoted once, straight into the frame.
+func encodeExport(r *ExportResponse) []byte {
+	n := headerSize + 64 + 2*len(r.Error)
+	if r.Value != nil {
+		n += len(*r.Value) + len(*r.Value)/5 // haproxy.get's JSON has a quote to escape every 6 bytes
+	}
+	b := make([]byte, headerSize, n)
+	b = append(b, `{"id":`...)
+	b = strconv.AppendUint(b, uint64(r.ID), 10)
+	b = append(b, `,"type":`...)
+	b = strconv.AppendUint(b, uint64(r.Type), 10)
+	if r.Value != nil {
+		b = append(b, `,"value":`...)
+		b = jsonstr.Append(b, *r.Value)
+	}
+	if r.Error != "" {
+		b = append(b, `,"error":`...)
+		b = jsonstr.Append(b, r.Error)
+	}
+	b = append(b, '}')
+	binary.LittleEndian.PutUint32(b[0:4], JSONType)
+	binary.LittleEndian.PutUint32(b[4:8], uint32(len(b)-headerSize))
+	return b
 }
 
 // Write frames v and writes it in one call, so concurrent writers holding a lock never interleave.

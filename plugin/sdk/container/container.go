@@ -169,12 +169,17 @@ func (h *Handler) Serve(rw io.ReadWriter) error {
 func resp(c comms.Common, t uint32) comms.Common { return comms.Common{ID: c.ID, Type: t} }
 
 func (h *Handler) reply(v any) {
+	// encode outside the lock: a reply of megabytes must not hold up the others
+	buf, err := comms.Encode(v)
+	if err != nil {
+		return
+	}
 	h.wmu.Lock()
 	defer h.wmu.Unlock()
 	if d, ok := h.w.(interface{ SetWriteDeadline(time.Time) error }); ok {
 		_ = d.SetWriteDeadline(time.Now().Add(writeTimeout))
 	}
-	_ = comms.Write(h.w, v)
+	_, _ = h.w.Write(buf)
 }
 
 func (h *Handler) log(sev uint32, format string, args ...any) {
