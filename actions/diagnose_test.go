@@ -116,9 +116,9 @@ func TestEvidenceOnTestDriver(t *testing.T) {
 func TestDecodePPM(t *testing.T) {
 	img, err := decodePPM([]byte("P6\n2 1\n255\n\xff\x00\x00\x00\xff\x00"))
 	require.NoError(t, err)
-	r, g, _, _ := img.At(0, 0).RGBA()
+	r, _, _, _ := img.At(0, 0).RGBA()
 	assert.Equal(t, uint32(0xffff), r)
-	_, g, _, _ = img.At(1, 0).RGBA()
+	_, g, _, _ := img.At(1, 0).RGBA()
 	assert.Equal(t, uint32(0xffff), g)
 	for _, bad := range []string{"", "P3\n1 1\n255\n", "P6\n1 1\n65535\n", "P6\n2 2\n255\nxx"} {
 		_, err := decodePPM([]byte(bad))

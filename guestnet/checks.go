@@ -13,8 +13,23 @@ import (
 	"time"
 )
 
+// trim ends ctx a little before its deadline (a tenth of the time left, 20-500 ms): a check that
+// waits until the end for an answer that never comes (a frozen guest) still answers the agent
+// within its Timeout, even when a loaded machine wakes the waiting goroutine late (measured: 165 ms
+// late at a load average of 30-50 on 2 cores).
+func trim(ctx context.Context) (context.Context, context.CancelFunc) {
+	dl, ok := ctx.Deadline()
+	if !ok {
+		return context.WithCancel(ctx)
+	}
+	m := min(max(time.Until(dl)/10, 20*time.Millisecond), 500*time.Millisecond)
+	return context.WithDeadline(ctx, dl.Add(-m))
+}
+
 // TCPCheck is kvm.domain.tcp: can the hypervisor open a TCP connection to ip:port before ctx expires.
 func TCPCheck(ctx context.Context, ip string, port int) bool {
+	ctx, cancel := trim(ctx)
+	defer cancel()
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "tcp", net.JoinHostPort(ip, strconv.Itoa(port)))
 	if err != nil {
@@ -34,6 +49,8 @@ type HTTPResult struct {
 // HTTPCheck GETs http://ip:port/path with ctx's deadline, without following redirects or using
 // any proxy from the environment (the guest network is private), and reads at most 64 KiB.
 func HTTPCheck(ctx context.Context, ip string, port int, path string) HTTPResult {
+	ctx, cancel := trim(ctx)
+	defer cancel()
 	if path == "" || path[0] != '/' {
 		path = "/" + path
 	}

@@ -2,7 +2,6 @@ package guestnet
 
 import (
 	"context"
-	"errors"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -61,6 +60,26 @@ func TestChecksOnLoopback(t *testing.T) {
 	start := time.Now()
 	r = HTTPCheck(short, "127.0.0.1", hang.Addr().(*net.TCPAddr).Port, "/")
 	require.Equal(t, 0, r.Status)
-	require.True(t, errors.Is(short.Err(), context.DeadlineExceeded))
+	require.Contains(t, r.Error, "context deadline exceeded")
 	require.Less(t, time.Since(start), 2*time.Second)
+}
+
+// A check ends a tenth of the time left before its caller's deadline (20-500 ms).
+func TestTrim(t *testing.T) {
+	for left, margin := range map[time.Duration]time.Duration{
+		100 * time.Millisecond: 20 * time.Millisecond, 3 * time.Second: 300 * time.Millisecond, time.Minute: 500 * time.Millisecond,
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), left)
+		dl, _ := ctx.Deadline()
+		tr, tcancel := trim(ctx)
+		got, ok := tr.Deadline()
+		require.True(t, ok)
+		require.InDelta(t, float64(margin), float64(dl.Sub(got)), float64(margin)/50+float64(time.Millisecond), left)
+		tcancel()
+		cancel()
+	}
+	tr, cancel := trim(context.Background())
+	defer cancel()
+	_, ok := tr.Deadline()
+	require.False(t, ok, "no deadline, none added")
 }

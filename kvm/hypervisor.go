@@ -3,6 +3,7 @@ package kvm
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	"libvirt.org/go/libvirt"
@@ -13,7 +14,8 @@ import (
 // Ping is kvm.hypervisor.ping: the daemon answers an RPC (the library version) before ctx expires.
 // A ping never fails: an unreachable libvirt is the answer 0.
 func (c *Conn) Ping(ctx context.Context) bool {
-	return c.Do(ctx, func(l *libvirt.Connect) error {
+	return c.read(ctx, laneHost, CallHost, "", func(l *libvirt.Connect) error {
+		c.calls.add(CallHost, 1)
 		_, err := l.GetLibVersion()
 		return err
 	}) == nil
@@ -23,27 +25,75 @@ func version(v uint32) string {
 	return fmt.Sprintf("%d.%d.%d", v/1000000, v/1000%1000, v%1000)
 }
 
-// HypervisorInfo reads host facts (one short RPC each) and counts domains by state from snap.
+// hostFactsTTL is how long host facts (hostname, versions, CPUs, memory) are reused; they change
+// with an upgrade or a reboot, not between polls.
+const hostFactsTTL = time.Minute
+
+type hostFacts struct {
+	mu   sync.Mutex
+	h    *guest.Hypervisor // without Domains
+	at   time.Time
+	busy bool
+}
+
+// HypervisorInfo returns host facts and the domain counts by state from snap. The facts are read
+// once (five short RPCs) and reused for hostFactsTTL, then re-read in the background.
 func (c *Conn) HypervisorInfo(ctx context.Context, snap *guest.Snapshot) (*guest.Hypervisor, error) {
-	h := &guest.Hypervisor{URI: c.uri, Domains: guest.Counts(snap.Records)}
-	err := c.Do(ctx, func(l *libvirt.Connect) error {
+	f := &c.facts
+	f.mu.Lock()
+	cached, at := f.h, f.at
+	refresh := cached != nil && time.Since(at) > hostFactsTTL && !f.busy
+	if refresh {
+		f.busy = true
+	}
+	f.mu.Unlock()
+	if refresh {
+		go func() {
+			ctx, cancel := c.Bound(context.Background())
+			defer cancel()
+			_, _ = c.readFacts(ctx)
+			f.mu.Lock()
+			f.busy = false
+			f.mu.Unlock()
+		}()
+	}
+	if cached == nil {
 		var err error
+		if cached, err = c.readFacts(ctx); err != nil {
+			return nil, err
+		}
+	}
+	h := *cached
+	h.Domains = guest.Counts(snap.Records)
+	return &h, nil
+}
+
+func (c *Conn) readFacts(ctx context.Context) (*guest.Hypervisor, error) {
+	h := &guest.Hypervisor{URI: c.uri}
+	err := c.read(ctx, laneHost, CallHost, "", func(l *libvirt.Connect) error {
+		count := func() { c.calls.add(CallHost, 1) }
+		var err error
+		count()
 		if h.Hostname, err = l.GetHostname(); err != nil {
 			return fmt.Errorf("hostname: %w", err)
 		}
+		count()
 		lv, err := l.GetLibVersion()
 		if err != nil {
 			return fmt.Errorf("library version: %w", err)
 		}
 		h.LibvirtVersion = version(lv)
+		count()
 		if h.HypervisorType, err = l.GetType(); err != nil {
 			return fmt.Errorf("hypervisor type: %w", err)
 		}
+		count()
 		hv, err := l.GetVersion()
 		if err != nil {
 			return fmt.Errorf("hypervisor version: %w", err)
 		}
 		h.HypervisorVersion = version(hv)
+		count()
 		ni, err := l.GetNodeInfo()
 		if err != nil {
 			return fmt.Errorf("node info: %w", err)
@@ -54,6 +104,9 @@ func (c *Conn) HypervisorInfo(ctx context.Context, snap *guest.Snapshot) (*guest
 	if err != nil {
 		return nil, err
 	}
+	c.facts.mu.Lock()
+	c.facts.h, c.facts.at = h, time.Now()
+	c.facts.mu.Unlock()
 	return h, nil
 }
 
@@ -63,12 +116,13 @@ func (c *Conn) HypervisorInfo(ctx context.Context, snap *guest.Snapshot) (*guest
 // included, would wait on it: only destroy still works.
 func (c *Conn) MonitorStuck(ctx context.Context, domain string, limit time.Duration) (bool, time.Duration, error) {
 	var info *libvirt.DomainControlInfo
-	err := c.Do(ctx, func(l *libvirt.Connect) error {
-		d, err := LookupDomain(l, domain)
+	err := c.read(ctx, laneHost, CallControl, domain, func(l *libvirt.Connect) error {
+		d, err := c.lookup(l, domain)
 		if err != nil {
 			return err
 		}
 		defer d.Free()
+		c.calls.add(CallControl, 1)
 		info, err = d.GetControlInfo(0)
 		return err
 	})

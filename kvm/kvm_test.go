@@ -61,7 +61,7 @@ func TestConnUnreachable(t *testing.T) {
 // One collection (two bulk calls) per cache period however many callers ask at once, counted rather than assumed.
 func TestCacheSingleFlight(t *testing.T) {
 	uri := kvmtest.NodeURI(t, kvmtest.Domains(1000))
-	c := NewConn(uri, 5*time.Second, 4)
+	c := NewConn(uri, 30*time.Second, 4)
 	defer c.Close()
 	cache := NewCache(c, time.Hour)
 	var wg sync.WaitGroup

@@ -25,6 +25,9 @@ go test -tags integration -run '^$' -bench 'PluginRSS' -benchtime 1x -timeout 10
 echo "== haproxy with 10,000 servers through zabbix_agent2 7.0: haproxy.get and one server's status against raw show stat"
 go test -tags integration -run '^$' -bench 'HAProxy10k' -benchtime 1x -timeout 15m ./tests/bench/ | grep -vE '^(goos|goarch|pkg|cpu|PASS)'
 
+echo "== one collection of 1,000 domains on libvirtd: libvirt calls counted in kvm.Conn, time vs virsh domstats"
+go test -tags integration -run '^$' -bench 'LabCollection1000' -benchtime 3x -timeout 20m ./tests/kvmguests/ | grep -vE '^(goos|goarch|pkg|cpu|PASS)'
+
 echo "== actions on real QEMU guests (reset to HTTP, recover to health per ladder exit)"
 go test -tags integration -run '^$' -bench . -benchtime 1x -timeout 40m ./actions/labtest/ | grep -vE '^(goos|goarch|pkg|cpu|PASS)'
 

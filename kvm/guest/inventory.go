@@ -25,6 +25,12 @@ type Inventory struct {
 	HasAgent bool // an org.qemu.guest_agent.0 channel is configured
 	IP       string
 	IPSource string // metadata, lease, agent or arp
+	// Fictional is set when the inventory comes from libvirt's test driver: its addresses are made
+	// up (any interface "has" 192.168.x.y) and must never be dialled, whatever GuestNetworks says.
+	Fictional bool `json:",omitempty"`
+	// Conflict is set when another domain claims the same address (see kvm.Inventories.Conflicts).
+	// A guest-claimed address (agent, ARP) that another domain holds is not used: IP is then empty.
+	Conflict string `json:",omitempty"`
 }
 
 // NIC is one interface from the domain XML.

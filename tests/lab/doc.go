@@ -42,7 +42,9 @@
 // Main, in the test binary as go test starts it (host netns): creates netns kvmlab-<pid> with lo up
 // and bridge br0 10.77.0.1/24, then re-executes the same binary with the same arguments and
 // environment plus KVMLAB_NETNS=<name> under `ip netns exec`. Signals (Ctrl-C, go test's SIGQUIT
-// on timeout) are forwarded to that child; the child gets SIGTERM if this process dies. When the
+// on timeout) are forwarded to that child; the child gets SIGTERM if this process dies, and this
+// process sends it SIGTERM when its own parent dies (a killed go test sends its test binary no
+// signal). When the
 // child exits, Main kills whatever is still running in the netns (SIGTERM, then SIGKILL: that is
 // where libvirtd, virtlogd, QEMU and anything the tests started live), deletes the netns, verifies
 // that no process of it is left, prints one "lab: cleanup verified: ..." line and exits with the
@@ -51,7 +53,11 @@
 //
 // Main, in the child (inside the netns): runs the tests, then tears the lab down if Get started it
 // (guests the tests left, libvirtd, virtlogd; the line "lab: teardown: ..."). If the child is
-// signalled, it kills every other process in its netns before exiting.
+// signalled, it tears the lab down as far as it gets in 30 s (guests destroyed and undefined,
+// daemons stopped), then kills every other process in its netns before exiting. What a run killed
+// outright (both processes SIGKILLed) leaves is reaped by the next run: its netns with everything in
+// it (the netns's creator is dead), the daemons of its pidfiles, its domains (they carry the lab's
+// metadata). tests/labkill kills lab runs these ways and checks that nothing of them remains.
 //
 // Get, on first use in a process:
 //   - takes the machine-wide lock /run/kvm-lab.lock (flock, held until teardown): libvirtd's socket
@@ -102,6 +108,7 @@
 //	func (l *Lab) Netns() string
 //	func (l *Lab) Virsh(args ...string) (string, error)         // virsh -c URI, 60 s deadline
 //	func (l *Lab) Guest(t testing.TB, name string, opts GuestOpts) *Guest
+//	func (l *Lab) DefineIdle(t testing.TB, prefix string, n int) []string // n shut-off domains, one virsh
 //	func (l *Lab) StopLibvirtd(t testing.TB)                    // restarted at test end if left stopped
 //	func (l *Lab) StartLibvirtd(t testing.TB)
 //	func (l *Lab) RestartLibvirtd(t testing.TB)

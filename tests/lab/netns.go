@@ -53,12 +53,27 @@ func Main(m *testing.M) {
 // inside runs the tests in the child, then tears the lab down.
 func inside(m *testing.M, ns string) int {
 	// If the parent dies (it set Pdeathsig) or someone stops us, the tests' cleanups will not run:
-	// kill what runs in our netns so no QEMU or libvirtd outlives us, then exit.
+	// tear the lab down (guests destroyed and undefined, daemons stopped) as far as it goes in a
+	// bounded time, kill whatever still runs in our netns so no QEMU or libvirtd outlives us, exit.
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	// A write to the pipe of a go test that was killed must fail, not kill us before the teardown.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
 	go func() {
 		s := <-sigs
-		fmt.Fprintf(os.Stderr, "lab: %v: killing every process in netns %s\n", s, ns)
+		fmt.Fprintf(os.Stderr, "lab: %v: tearing the lab down and killing every process in netns %s\n", s, ns)
+		torn := make(chan struct{})
+		go func() {
+			if err := closeShared(os.Stderr); err != nil {
+				fmt.Fprintf(os.Stderr, "lab: teardown: %v\n", err)
+			}
+			close(torn)
+		}()
+		select {
+		case <-torn:
+		case <-time.After(30 * time.Second):
+			fmt.Fprintln(os.Stderr, "lab: teardown still running after 30 s; killing instead")
+		}
 		if ino, err := netnsInode(filepath.Join(netnsDir, ns)); err == nil {
 			killNetns(ino, os.Getpid(), io.Discard)
 		}
@@ -140,10 +155,15 @@ func runChild(ipBin, ns string, log io.Writer) int {
 	defer runtime.UnlockOSThread()
 
 	// Signals meant for the tests (Ctrl-C, go test's SIGQUIT on timeout) go to the child; this process
-	// stays alive to clean up after it.
+	// stays alive to clean up after it. SIGPIPE is caught so that a write to the pipe of a go test that
+	// was killed fails instead of killing this process before it cleaned up.
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
 	defer signal.Stop(sigs)
+	pipes := make(chan os.Signal, 1)
+	signal.Notify(pipes, syscall.SIGPIPE)
+	defer signal.Stop(pipes)
+	parent := os.Getppid()
 
 	cmd := exec.Command(ipBin, append([]string{"netns", "exec", ns, exe}, os.Args[1:]...)...)
 	cmd.Env = append(os.Environ(), envNetns+"="+ns)
@@ -155,10 +175,21 @@ func runChild(ipBin, ns string, log io.Writer) int {
 	}
 	done := make(chan struct{})
 	go func() {
+		// When go test is killed, nothing signals its test binary: it would run its tests to the
+		// end with guests and daemons up. Its parent going away is the signal.
+		orphaned := time.NewTicker(500 * time.Millisecond)
+		defer orphaned.Stop()
 		for {
 			select {
 			case s := <-sigs:
 				_ = cmd.Process.Signal(s)
+			case <-orphaned.C:
+				if os.Getppid() != parent {
+					fmt.Fprintf(log, "lab: parent process %d is gone (go test killed?): stopping the tests in netns %s\n", parent, ns)
+					_ = cmd.Process.Signal(syscall.SIGTERM)
+					parent = os.Getppid()
+				}
+			case <-pipes:
 			case <-done:
 				return
 			}
