@@ -47,6 +47,13 @@ func New(cfg *plugin.Config, log plugin.Logger) (*Hypervisor, error) {
 	h := &Hypervisor{Cfg: cfg, Conn: conn, log: log,
 		Stats: kvm.NewCache(conn, time.Duration(cfg.CacheSeconds)*time.Second),
 		Inv:   kvm.NewInventories(conn, time.Duration(cfg.InventorySeconds)*time.Second)}
+	// two domains claiming one address is an operator's mistake or a guest lying: neither gets the
+	// address for pushes, pool mapping or checks until it is resolved, and the agent log says why
+	h.Inv.OnConflict(func(c kvm.Conflict) {
+		if log != nil {
+			log.Warningf("address conflict: %s", c)
+		}
+	})
 	if cfg.HAProxySocket != "" {
 		c, err := haproxy.New(cfg.HAProxySocket, cfg.Timeout)
 		if err != nil {
