@@ -311,14 +311,16 @@ func checkButtons(t *testing.T, s *zbx.Stack, rep provision.Report, o provision.
 		assert.Equal(t, guests.ID, sc.GroupID, "%s: only on guest hosts", sc.Name)
 		assert.Equal(t, sc.Name == "KVM: Diagnose", sc.Confirmation == "", "%s: confirmation %q", sc.Name, sc.Confirmation)
 	}
-	p := o.PluginPath + " --caller zabbix-frontend "
+	// exec: the agent's rules let only "exec <plugin> -<option> …" through; the buttons that may
+	// take longer than the server waits for a script run detached (--background)
+	p := "exec " + o.PluginPath + " --caller zabbix-frontend "
 	if o.ConfigFile != "" {
-		p = o.PluginPath + " -c " + o.ConfigFile + " --caller zabbix-frontend "
+		p = "exec " + o.PluginPath + " -c " + o.ConfigFile + " --caller zabbix-frontend "
 	}
 	assert.Equal(t, map[string]string{
-		"KVM: Reboot":         p + "reboot '{HOST.HOST}'",
-		"KVM: Forced restart": p + "forced-restart '{HOST.HOST}'",
-		"KVM: Recover":        p + "recover '{HOST.HOST}'",
+		"KVM: Reboot":         p + "--background reboot '{HOST.HOST}'",
+		"KVM: Forced restart": p + "--background forced-restart '{HOST.HOST}'",
+		"KVM: Recover":        p + "--background recover '{HOST.HOST}'",
 		"KVM: Drain":          p + "drain '{HOST.HOST}'",
 		"KVM: Ready":          p + "ready '{HOST.HOST}'",
 		"KVM: Hold 1h":        p + "hold '{HOST.HOST}' --for 1h --reason frontend",
@@ -349,6 +351,7 @@ Timeout=10
 UserParameter=haproxy.server.status[*],cat %[2]s/status-$1-$2.json
 UserParameter=kvm.domain.agent.ping[*],cat %[2]s/agentping-$1
 UserParameter=haproxy.server.discovery,cat %[2]s/serverdiscovery.json
+UserParameter=kvm.domain.guard[*],cat %[2]s/guard-$1.json
 `, port, dir)), 0o644))
 	cmd := exec.Command(zbx.Agent70, "-c", conf, "-f")
 	out, err := os.Create(filepath.Join(dir, "agent2.out"))
@@ -382,14 +385,32 @@ func writeFile(t *testing.T, dir, name, content string) {
 
 func setStatus(t *testing.T, dir, backend, server, status string) {
 	t.Helper()
-	b, _ := json.Marshal(map[string]any{"status": status, "check_status": "L7OK", "addr": "10.0.0.1:80"})
+	setPool(t, dir, backend, server, status, status)
+}
+
+// setPool writes a server status as the plugin reports it: status is haproxy's (a drained server
+// whose check fails is DOWN), pool puts an operator's DRAIN or MAINT first.
+func setPool(t *testing.T, dir, backend, server, status, pool string) {
+	t.Helper()
+	b, _ := json.Marshal(map[string]any{"status": status, "pool": pool, "check_status": "L7OK", "addr": "10.0.0.1:80"})
 	writeFile(t, dir, fmt.Sprintf("status-%s-%s.json", backend, server), string(b))
+}
+
+// setHeld writes what kvm.domain.guard answers for domain: an operator's hold on or off.
+func setHeld(t *testing.T, dir, domain string, held bool) {
+	t.Helper()
+	n := 0
+	if held {
+		n = 1
+	}
+	writeFile(t, dir, "guard-"+domain+".json", fmt.Sprintf(`{"held":%d,"quarantined":0,"restarts_1h":0,"forced_1h":0}`, n))
 }
 
 type guest struct {
 	name, hostid string
 	pool, page   string // trigger ids
 	silent       string // "guest agent silent" trigger id
+	heldOut      string // "held out of the haproxy pool by an operator" trigger id
 }
 
 func addGuest(t *testing.T, s *zbx.Stack, rep provision.Report, name string, agentPort int, macros map[string]string) guest {
@@ -421,11 +442,14 @@ func addGuest(t *testing.T, s *zbx.Stack, rep provision.Report, name string, age
 			g.page = tr.TriggerID
 		case "Guest agent of {$KVM.DOMAIN} silent for {$KVM.AGENT.SILENT}":
 			g.silent = tr.TriggerID
+		case "Guest {$KVM.DOMAIN} held out of the haproxy pool by an operator":
+			g.heldOut = tr.TriggerID
 		}
 	}
 	require.NotEmpty(t, g.pool, "pool trigger on %s: %v", name, trs)
 	require.NotEmpty(t, g.page, "page trigger on %s: %v", name, trs)
 	require.NotEmpty(t, g.silent, "guest agent trigger on %s: %v", name, trs)
+	require.NotEmpty(t, g.heldOut, "held-out trigger on %s: %v", name, trs)
 	return g
 }
 

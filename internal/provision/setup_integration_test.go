@@ -219,6 +219,7 @@ func TestLadder70(t *testing.T) {
 	// Zabbix maintenance.
 	for g, ping := range map[string]string{"web-01": "1", "web-02": "0", "web-03": "1"} {
 		setStatus(t, dir, "web", g, "UP")
+		setHeld(t, dir, g, false)
 		writeFile(t, dir, "agentping-"+g, ping)
 	}
 	t0 := time.Now()
@@ -288,6 +289,8 @@ func TestLadder70(t *testing.T) {
 	require.NoError(t, s.Send(ctx, "web-02", "kvm.domain.pool.push", "UP"))
 	took = waitProblem(t, s, "web-02 resolved by a pushed UP", web2.pool, false, 15*time.Second)
 	t.Logf("pushed UP -> resolved: %.2fs", took.Seconds())
+
+	checkOperatorIntent(t, s, dir, web2)
 
 	// Step 1: the email reaches the sink.
 	harness.WaitFor(t, 30*time.Second, 250*time.Millisecond, "ladder email for web-01 in the SMTP sink", func() (bool, error) {
@@ -410,5 +413,54 @@ func checkButtonsRun(t *testing.T, s *zbx.Stack, rep provision.Report, g guest, 
 	require.NoError(t, loginAs(t, s, "kvm-operator", pw).API.Call(ctx, "script.execute", params, &res))
 	assert.Equal(t, "success", res.Response)
 	after, _ := os.ReadFile(cmdLog)
-	assert.Equal(t, "--caller zabbix-frontend reboot "+g.name+"\n", strings.TrimPrefix(string(after), string(before)))
+	assert.Equal(t, "--caller zabbix-frontend --background reboot "+g.name+"\n", strings.TrimPrefix(string(after), string(before)))
+}
+
+// checkOperatorIntent: an operator's drain or maintenance of a guest's server is not a failure, and
+// an operator's hold keeps the ladder's problem closed. Each "stays closed" is asserted only after
+// the server has evaluated the trigger on the new values (another trigger on the same values
+// opened, or the items hold them).
+func checkOperatorIntent(t *testing.T, s *zbx.Stack, dir string, g guest) {
+	t.Helper()
+	ctx := context.Background()
+	// Drained, and its check fails: haproxy says DOWN, the plugin's pool state says DRAIN.
+	setPool(t, dir, "web", g.name, "DOWN", "DRAIN")
+	require.NoError(t, s.Send(ctx, g.name, "kvm.domain.pool.push", "DRAIN"))
+	waitProblem(t, s, g.name+" held out of the pool by an operator (informational)", g.heldOut, true, 30*time.Second)
+	harness.WaitFor(t, 10*time.Second, 200*time.Millisecond, g.name+" pool membership after the drain", func() (bool, error) {
+		v, ok := lastValue(t, s, g.hostid, "kvm.domain.pool.in")
+		return ok && v == "1", fmt.Errorf("kvm.domain.pool.in = %q", v)
+	})
+	assert.False(t, problemOpen(t, s, g.pool), "a drained server opened the ladder's problem")
+	setPool(t, dir, "web", g.name, "MAINT", "MAINT")
+	require.NoError(t, s.Send(ctx, g.name, "kvm.domain.pool.push", "MAINT"))
+	harness.WaitFor(t, 10*time.Second, 200*time.Millisecond, g.name+" pool state MAINT", func() (bool, error) {
+		v, ok := lastValue(t, s, g.hostid, "kvm.domain.pool.state")
+		return ok && v == "MAINT", fmt.Errorf("kvm.domain.pool.state = %q", v)
+	})
+	assert.False(t, problemOpen(t, s, g.pool), "a server in maintenance opened the ladder's problem")
+	assert.True(t, problemOpen(t, s, g.heldOut), "maintenance is held out by an operator too")
+
+	// Ready again, then a hold: a failed check keeps the problem closed while the hold is on.
+	setHeld(t, dir, g.name, true)
+	setStatus(t, dir, "web", g.name, "UP")
+	require.NoError(t, s.Send(ctx, g.name, "kvm.domain.pool.push", "UP"))
+	waitProblem(t, s, g.name+" no longer held out", g.heldOut, false, 30*time.Second)
+	harness.WaitFor(t, 10*time.Second, 200*time.Millisecond, g.name+" on hold", func() (bool, error) {
+		v, ok := lastValue(t, s, g.hostid, "kvm.domain.held")
+		return ok && v == "1", fmt.Errorf("kvm.domain.held = %q", v)
+	})
+	setStatus(t, dir, "web", g.name, "DOWN")
+	require.NoError(t, s.Send(ctx, g.name, "kvm.domain.pool.push", "DOWN"))
+	harness.WaitFor(t, 10*time.Second, 200*time.Millisecond, g.name+" polled out of the pool", func() (bool, error) {
+		v, ok := lastValue(t, s, g.hostid, "kvm.domain.pool.in")
+		return ok && v == "0", fmt.Errorf("kvm.domain.pool.in = %q", v)
+	})
+	assert.False(t, problemOpen(t, s, g.pool), "a guest on hold got the ladder's problem")
+	setHeld(t, dir, g.name, false)
+	took := waitProblem(t, s, g.name+" released: the failed check opens the ladder's problem", g.pool, true, 30*time.Second)
+	t.Logf("release -> problem: %.2fs", took.Seconds())
+	setStatus(t, dir, "web", g.name, "UP")
+	require.NoError(t, s.Send(ctx, g.name, "kvm.domain.pool.push", "UP"))
+	waitProblem(t, s, g.name+" back in the pool", g.pool, false, 30*time.Second)
 }

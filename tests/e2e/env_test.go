@@ -432,7 +432,7 @@ func (e *env) waitGuestHosts(specs []guestSpec) {
 	// Keys every serving guest must have: the template's items plus at least one disk and one
 	// interface from the guest's own discovery.
 	want := []string{"kvm.domain.state.code", "kvm.domain.cpu.util", "kvm.domain.memory.usable", "kvm.domain.http.status",
-		"kvm.domain.haproxy.status", "kvm.domain.pool.in", "kvm.domain.agent.hostname",
+		"kvm.domain.haproxy.status", "kvm.domain.pool.in", "kvm.domain.pool.state", "kvm.domain.held", "kvm.domain.agent.hostname",
 		"kvm.domain.disk.read.bytes[vda]"}
 	for _, s := range specs {
 		if !s.opts.Start || s.opts.NoKernel {

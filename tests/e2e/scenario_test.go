@@ -59,18 +59,28 @@ func TestScenarioSeed(t *testing.T) {
 	}
 }
 
-// checkHypervisorItems waits until every item of the hypervisor host is supported and has a value.
+// checkHypervisorItems waits until every item of the hypervisor host is supported and has a value,
+// and the ladder's prerequisites hold for the agent's user (kvm.actions.check).
 func (e *env) checkHypervisorItems() {
 	e.t.Helper()
 	want := []string{"agent.ping", "kvm.hypervisor.ping", "kvm.hypervisor.domains.running", "haproxy.version",
-		"haproxy.server.state[web,web-01]", "haproxy.proxy.status[web,BACKEND]"}
+		"haproxy.server.state[web,web-01]", "haproxy.proxy.status[web,BACKEND]", "kvm.actions.ok", "kvm.actions.problems",
+		"haproxy.backend.up.pct[web]"}
+	var its []item
 	harness.WaitFor(e.t, 2*time.Minute, 2*time.Second, "values for every item of "+hypervisor, func() (bool, error) {
-		its := e.items(e.hosts[hypervisor])
+		its = e.items(e.hosts[hypervisor])
 		if bad := itemProblems(its, want); len(bad) > 0 {
 			return false, fmt.Errorf("%d items of %d not ready: %s", len(bad), len(its), strings.Join(bad, "; "))
 		}
 		return true, nil
 	})
+	vals := map[string]string{}
+	for _, it := range its {
+		vals[it.Key] = it.LastValue
+	}
+	if vals["kvm.actions.ok"] != "1" {
+		e.t.Errorf("kvm.actions.ok = %q: the ladder's commands cannot run here: %s", vals["kvm.actions.ok"], vals["kvm.actions.problems"])
+	}
 }
 
 // awaitPage follows the guest that cannot come back up the whole ladder: the out-of-pool problem
