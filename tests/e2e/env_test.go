@@ -113,9 +113,17 @@ func (e *env) try(method string, params, out any) error {
 	return nil
 }
 
+// staticServers are servers of the guests' backend that are no guest: haproxy answers for them
+// itself. The seed scenario breaks all three guests of a backend; alone they would be a backend-wide
+// failure, which the plugin's storm guard holds (rightly: Actions.MinHealthyPercent, 50). With
+// two healthy servers beside them, each guest's other servers are 2 UP of 4 at worst: a failure of
+// some guests, which the ladder must repair.
+const staticServers = 2
+
 // haproxyConfig has one backend whose servers are named exactly like the guests' domains (the
-// plugin maps server name = domain name) and checks them every second.
-func haproxyConfig(sock string, port int, guests []*lab.Guest) string {
+// plugin maps server name = domain name), plus staticServers served by haproxy itself, and checks
+// them every second.
+func haproxyConfig(sock string, port, staticPort int, guests []*lab.Guest) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `global
     stats socket %s mode 600 level admin
@@ -141,6 +149,14 @@ backend %s
 	for _, g := range guests {
 		fmt.Fprintf(&b, "    server %s %s:80 check\n", g.Name(), g.IP())
 	}
+	for i := 1; i <= staticServers; i++ {
+		fmt.Fprintf(&b, "    server static-%d 127.0.0.1:%d check\n", i, staticPort)
+	}
+	fmt.Fprintf(&b, `
+frontend static
+    bind 127.0.0.1:%d
+    http-request return status 200 content-type text/plain string ok
+`, staticPort)
 	return b.String()
 }
 
@@ -177,7 +193,7 @@ func startEnv(t testing.TB, specs []guestSpec) *env {
 	e.lap(&last, "guests defined+started")
 
 	e.hap = harness.StartHAProxy(t, func(sock string) string {
-		return haproxyConfig(sock, harness.Port(t), order)
+		return haproxyConfig(sock, harness.Port(t), harness.Port(t), order)
 	})
 	var err error
 	if e.hapc, err = haproxy.New(e.hap.Sock, 2*time.Second); err != nil {

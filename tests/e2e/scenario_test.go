@@ -20,7 +20,9 @@ var deadGuest = guestSpec{name: "web-03", opts: lab.GuestOpts{Start: true, NoKer
 
 // TestScenarioSeed is issue 6's scenario: one hypervisor, three guests, the recovery ladder run by
 // a real Zabbix server. Two guests break in parallel and must be repaired (one by the gentle step,
-// one only by the forced step); the third cannot be repaired and must reach the page.
+// one only by the forced step); the third cannot be repaired and must reach the page. Then an
+// operator's intent must win (issue 9): a spoofed DOWN, a drained guest and a guest on hold fail
+// without a ladder problem or a command.
 func TestScenarioSeed(t *testing.T) {
 	e := startEnv(t, []guestSpec{{name: "web-01", opts: servingGuest}, {name: "web-02", opts: servingGuest}, deadGuest})
 	e.checkHypervisorItems()
@@ -43,6 +45,8 @@ func TestScenarioSeed(t *testing.T) {
 	}
 	if err != nil {
 		t.Error(err)
+	} else {
+		e.checkOperatorIntent(t)
 	}
 	if err := <-pageDone; err != nil {
 		t.Error(err)
