@@ -133,6 +133,32 @@ backend web
 		}
 	}
 	require.Equal(t, []string{"ip-guest web/srv-2 drain done zabbix-agent", "ip-guest web/srv-2 ready done zabbix-agent"}, pools)
+
+	// An operator drains vm-named, then its check fails: haproxy says DOWN, the pool state says
+	// DRAIN, and DRAIN is what the guest host gets pushed (the ladder's trigger ignores it).
+	_, err = get(t, p, "haproxy.server.set", "web", "vm-named", "drain")
+	require.NoError(t, err)
+	awaitPush(t, frames, "vm-named", "DRAIN")
+	named.Stop()
+	awaitStatus("vm-named", "status", "DOWN")
+	m := status("vm-named")
+	require.Equal(t, "DRAIN", m["pool"], "a drained server whose check fails: %v", m)
+	require.Equal(t, "drain", m["admin_state"])
+
+	// One policy for pool changes: a plugin whose AllowDomains leaves out ip-guest refuses to
+	// touch srv-2 (its guest), and haproxy keeps srv-2 ready.
+	c2, err := plugin.ParseOptions(map[string]conf.Value{
+		"URI": {Value: uri}, "Timeout": {Value: "3"}, "HAProxy.Socket": {Value: h.Sock},
+		"Actions.Enable": {Value: "1"}, "Actions.AllowDomains": {Value: "vm-named"},
+		"StateDir": {Value: dir + "/state"}, "AuditLog": {Value: dir + "/audit.log"},
+	}, 3)
+	require.NoError(t, err)
+	p2 := plugin.New(Open)
+	require.NoError(t, p2.Apply(c2, plugin.AgentCaller))
+	t.Cleanup(p2.Stop)
+	_, err = get(t, p2, "haproxy.server.set", "web", "srv-2", "maint")
+	require.ErrorContains(t, err, `domain "ip-guest" does not match AllowDomains "vm-named"`)
+	require.Equal(t, "ready", status("srv-2")["admin_state"], "a refused pool change reached haproxy")
 }
 
 func TestHAProxyGone(t *testing.T) {
