@@ -162,13 +162,8 @@ func checkConfigFile(path string) error {
 	if !fi.Mode().IsRegular() {
 		return fmt.Errorf("config file %s: not a regular file (a symlink is refused)", path)
 	}
-	if st := fi.Sys().(*syscall.Stat_t); st.Uid != 0 {
-		return fmt.Errorf("config file %s: owned by uid %d, not root: refused (its options decide what actions may do)", path, st.Uid)
-	}
-	if fi.Mode().Perm()&0o022 != 0 {
-		return fmt.Errorf("config file %s: mode %04o lets group or others write it: refused (chmod go-w)", path, fi.Mode().Perm())
-	}
-	// /proc/self/cmdline and the like are root-owned "regular files" whose text the caller chooses
+	// /proc/self/cmdline and the like are root-owned "regular files" whose text the caller chooses;
+	// checked first, so the reason is the same whoever runs the CLI
 	var fs unix.Statfs_t
 	if err := unix.Statfs(path, &fs); err != nil {
 		return fmt.Errorf("config file %s: %w", path, err)
@@ -176,6 +171,12 @@ func checkConfigFile(path string) error {
 	switch fs.Type {
 	case unix.PROC_SUPER_MAGIC, unix.SYSFS_MAGIC, unix.DEBUGFS_MAGIC, unix.CGROUP_SUPER_MAGIC, unix.CGROUP2_SUPER_MAGIC, unix.DEVPTS_SUPER_MAGIC:
 		return fmt.Errorf("config file %s: on a kernel pseudo file system: refused", path)
+	}
+	if st := fi.Sys().(*syscall.Stat_t); st.Uid != 0 {
+		return fmt.Errorf("config file %s: owned by uid %d, not root: refused (its options decide what actions may do)", path, st.Uid)
+	}
+	if fi.Mode().Perm()&0o022 != 0 {
+		return fmt.Errorf("config file %s: mode %04o lets group or others write it: refused (chmod go-w)", path, fi.Mode().Perm())
 	}
 	return nil
 }
