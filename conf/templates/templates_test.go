@@ -137,3 +137,45 @@ func TestPeriodTriggersWaitForThePeriod(t *testing.T) {
 	assert.GreaterOrEqual(t, n, 2, "the page and guest-agent triggers at least")
 	assert.Len(t, periodFunc.FindAllStringSubmatch("max(/T/k,#3)=0 or max(/T/k[a,b],5m)=0", -1), 1, "counts (#N) are not periods")
 }
+
+var itemRef = regexp.MustCompile(`\(/[^/]+/((?:[^,()\[]|\[[^\]]*\])+)`)
+
+// A trigger kept under an item may use only that item: the server exports a trigger over several
+// items in the template's top-level triggers, so configuration.importcompare would report the
+// file as changed on every `zabbix setup` rerun (a removed top-level and an added item trigger),
+// as it did for "Ladder actions cannot run" on 6.0.14 and 7.0.9.
+func TestItemTriggersUseOnlyTheirItem(t *testing.T) {
+	n := 0
+	for _, tpl := range All() {
+		var doc map[string]any
+		require.NoError(t, yaml.Unmarshal(tpl.YAML, &doc))
+		var visit func(v any)
+		visit = func(v any) {
+			switch x := v.(type) {
+			case map[string]any:
+				key, _ := x["key"].(string)
+				for _, field := range []string{"triggers", "trigger_prototypes"} {
+					trs, _ := x[field].([]any)
+					for _, tr := range trs {
+						expr, _ := tr.(map[string]any)["expression"].(string)
+						for _, m := range itemRef.FindAllStringSubmatch(expr, -1) {
+							n++
+							assert.Equal(t, key, m[1], "%s: trigger %q under item %s uses another item", tpl.File, expr, key)
+						}
+					}
+				}
+				for _, sub := range x {
+					visit(sub)
+				}
+			case []any:
+				for _, sub := range x {
+					visit(sub)
+				}
+			}
+		}
+		items := doc["zabbix_export"].(map[string]any)["templates"]
+		visit(items)
+	}
+	assert.Greater(t, n, 5)
+	assert.Equal(t, [][]string{{"(/T/a[x,y]", "a[x,y]"}, {"(/T/b", "b"}}, itemRef.FindAllStringSubmatch("last(/T/a[x,y])=0 and count(/T/b,5m)>1", -1))
+}

@@ -264,12 +264,12 @@ func describeAlerts(as []alert) string {
 	return strings.Join(b, " ")
 }
 
-// zabbixAudit returns the audit lines the Zabbix remote commands (caller zabbix) wrote for domain
-// since t0, in order.
+// zabbixAudit returns the audit lines that close an action (phase end) the Zabbix remote commands
+// (caller zabbix) wrote for domain since t0, in order.
 func (e *env) zabbixAudit(domain string, t0 time.Time) []auditEntry {
 	var out []auditEntry
 	for _, a := range e.auditLog() {
-		if a.Verb == "?" || a.Caller == "zabbix" && a.Domain == domain && !a.Time.Before(t0) {
+		if a.Verb == "?" || a.Phase != "start" && a.Caller == "zabbix" && a.Domain == domain && !a.Time.Before(t0) {
 			out = append(out, a)
 		}
 	}
@@ -393,33 +393,26 @@ func (e *env) awaitRepair(f failure, fault time.Time, w *watch) (*repair, error)
 			miss("audit log: the gentle reboot of a stopped QEMU cannot be done, got %+v", gentle)
 		}
 		// a stopped QEMU answers no monitor command: forced-restart skips the reset when the
-		// monitor is seen hung (or the reset fails), and destroy + start repair it
-		reset, okR := firstVerb(audit, "reset")
-		d, okD := firstVerb(audit, "destroy")
-		s, okS := firstVerb(audit, "start")
+		// monitor is seen hung (or the reset fails), and destroy + start repair it; its audit
+		// line lists each step with its outcome ("reset:skipped destroy_start:done")
+		fr, ok := firstVerb(audit, "forced-restart")
 		switch {
-		case !okR && !okD:
-			miss("audit log: no forced restart (reset or destroy) by caller zabbix: %s", describeAudit(audit))
-		case okR && reset.Outcome == "done":
-			forced = reset
-			if okD {
-				miss("audit log: destroy ran after a successful reset: %s", describeAudit(audit))
-			}
-		default:
-			forced = d
-			if okR {
-				forced = reset
-			}
-			if !okD || d.Outcome != "done" || !okS || s.Outcome != "done" {
-				miss("audit log: destroy+start should be done after the reset was skipped or failed: %s", describeAudit(audit))
-			}
+		case !ok:
+			miss("audit log: no forced restart by caller zabbix: %s", describeAudit(audit))
+		case fr.Outcome != "done":
+			miss("audit log: forced restart %s: %s", fr.Outcome, describeAudit(audit))
+		case !strings.Contains(fr.Detail, "reset:done") && !strings.Contains(fr.Detail, "destroy_start:done"):
+			miss("audit log: forced restart done by neither a reset nor destroy+start: %s", describeAudit(audit))
+		case strings.Contains(fr.Detail, "reset:done") && strings.Contains(fr.Detail, "destroy_start"):
+			miss("audit log: destroy+start ran after a successful reset: %s", describeAudit(audit))
 		}
+		forced = fr
 	} else {
 		if gentle.Outcome != "done" {
 			miss("audit log: gentle reboot %s: %s", gentle.Outcome, describeAudit(audit))
 		}
 		for _, a := range audit {
-			if a.Verb == "reset" || a.Verb == "destroy" {
+			if a.Verb == "forced-restart" || a.Verb == "reset" || a.Verb == "destroy" {
 				miss("audit log: forced %s although the gentle reboot repaired the guest: %s", a.Verb, describeAudit(audit))
 			}
 		}

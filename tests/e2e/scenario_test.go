@@ -155,12 +155,12 @@ func (e *env) awaitPage(guest string) (*repair, error) {
 	}
 	audit := e.zabbixAudit(guest, prob.at().Add(-time.Second))
 	gentle, okG := firstVerb(audit, "reboot")
-	forced, okF := firstVerb(audit, "reset")
+	forced, okF := firstVerb(audit, "forced-restart")
 	switch {
 	case !okG || gentle.Outcome == "done":
 		miss("audit log: want a gentle reboot that the guest ignored: %s", describeAudit(audit))
-	case !okF || forced.Outcome != "done":
-		miss("audit log: want a forced reset that was done: %s", describeAudit(audit))
+	case !okF || forced.Outcome != "done" || !strings.Contains(forced.Detail, "reset:done"):
+		miss("audit log: want a forced restart done by its reset: %s", describeAudit(audit))
 	case pg.at().Before(forced.Time):
 		miss("the page (%s) came before the forced restart (%s)", pg.at().Format("15:04:05"), forced.Time.Format("15:04:05"))
 	}
