@@ -495,7 +495,7 @@ func keysOf(m map[string]bool) []string {
 
 // auditEntry is one line of the plugin's audit log.
 type auditEntry struct {
-	Phase    string    `json:"phase"` // start (written when the action begins) or end
+	Phase    string    `json:"phase"` // begin (written when the action starts changing something) or end
 	Time     time.Time `json:"time"`
 	Caller   string    `json:"caller"`
 	Verb     string    `json:"verb"`

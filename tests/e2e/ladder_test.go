@@ -269,7 +269,7 @@ func describeAlerts(as []alert) string {
 func (e *env) zabbixAudit(domain string, t0 time.Time) []auditEntry {
 	var out []auditEntry
 	for _, a := range e.auditLog() {
-		if a.Verb == "?" || a.Phase != "start" && a.Caller == "zabbix" && a.Domain == domain && !a.Time.Before(t0) {
+		if a.Verb == "?" || a.Phase != "begin" && a.Caller == "zabbix" && a.Domain == domain && !a.Time.Before(t0) {
 			out = append(out, a)
 		}
 	}
