@@ -96,6 +96,8 @@ zabbix() {
   EXTRA=(-t bookworm-backports)
   install postgresql zabbix-server-pgsql zabbix-frontend-php zabbix-sender php8.2-cli php8.2-cgi php8.2-pgsql
   EXTRA=()
+  # README's trial (tests/tryit) talks to the API with curl and jq, Debian 12's own
+  install jq
   # the 6.0 server, unpacked beside the installed 7.0, for the template-import check
   local dir=$CACHE/server-6.0
   if [ ! -x "$dir/usr/sbin/zabbix_server" ]; then
