@@ -34,7 +34,7 @@ const (
 	envVersion = "KVM_ZBXKILL_VERSION" // the victim's Zabbix version
 	// upWait bounds a victim's stack start (the killer holds the machine lock, so no waiting for it).
 	upWait = 5 * time.Minute
-	// goneWait bounds the death of a killed victim's daemons. They die with it (0.2-0.3 s here); the
+	// goneWait bounds the death of a killed victim's daemons. They die with it (0.2-0.5 s here); the
 	// margin is for a loaded 2-core machine, not for any shutdown to finish.
 	goneWait = 60 * time.Second
 )
