@@ -2,15 +2,27 @@
 // initdb directory, zabbix_server (7.0 installed system-wide, or the unpacked 6.0), the frontend API
 // under PHP's built-in web server, and an SMTP sink that records the emails the server sends.
 //
-// The frontend reads only /etc/zabbix/zabbix.conf.php, so one stack can run per machine: Start takes
-// a machine-wide flock for the stack's lifetime and rewrites that file (restoring it at cleanup).
+// Nothing outside the stack's temp dir is written. Debian's frontend reads its configuration from
+// the absolute path /etc/zabbix/zabbix.conf.php (CConfigFile::CONFIG_FILE_PATH), so php -S serves a
+// private tree in the temp dir (see privateFrontend) whose CConfigFile.php names the private conf.
+//
+// Nothing of a stack outlives its test process, even a SIGKILLed one: every daemon is started with a
+// parent-death signal. PostgreSQL's postmaster gets SIGQUIT (immediate shutdown: it stops its
+// backends); zabbix_server and php -S, whose children outlive their parent, each run in a PID
+// namespace held by unshare, which gets SIGKILL and takes its namespace down with it. The temp dir,
+// which a killed process cannot remove, carries an owner file (pid and start time) by which the next
+// Start's reaper recognises it as dead and removes it, after killing any process still working in
+// it. tests/zbxkill proves both.
+//
+// Start still takes a machine-wide flock for the stack's lifetime: every stack takes its ports from
+// one range (15000-15999) by probing, and a second server with its database on this 2-core machine
+// would slow the first one's tests into their deadlines.
 package zbx
 
 import (
 	"bytes"
 	"compress/gzip"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -32,11 +44,12 @@ import (
 
 // Where the Debian packages put things (see scripts/deps.sh, target zabbix).
 const (
-	Cache      = "/var/cache/zabbix-agent2-plugin-kvm"
-	PGBin      = "/usr/lib/postgresql/15/bin"
-	FrontConf  = "/etc/zabbix/zabbix.conf.php"
-	LockPath   = "/run/kvm-zbx.lock"
-	SenderPath = "/usr/bin/zabbix_sender"
+	Cache = "/var/cache/zabbix-agent2-plugin-kvm"
+	PGBin = "/usr/lib/postgresql/15/bin"
+	// SystemFrontConf is the installed frontend's configuration, which a stack never touches.
+	SystemFrontConf = "/etc/zabbix/zabbix.conf.php"
+	LockPath        = "/run/kvm-zbx.lock"
+	SenderPath      = "/usr/bin/zabbix_sender"
 	// Agent70 is the real zabbix_agent2 7.0 tests may run next to a stack.
 	Agent70 = Cache + "/zabbix_agent2-7.0"
 )
@@ -79,12 +92,18 @@ type Phase struct {
 type Stack struct {
 	Version    string // "7.0" or "6.0" as asked
 	APIVersion string // apiinfo.version, e.g. "7.0.9"
-	Dir        string // all state: pg/, run/ (logs, pid files, sockets)
+	Dir        string // all state: pg/, run/ (logs, pid files, sockets), front/, owner
 	// API is logged in as Admin.
 	API        *zabbixapi.Client
 	URL        string // frontend root, http://127.0.0.1:port/
 	ServerConf string
 	ServerLog  string
+	// FrontConf is the private frontend's configuration (Dir/front/conf/zabbix.conf.php), FrontName
+	// its $ZBX_SERVER_NAME, which the frontend shows in page titles.
+	FrontConf, FrontName string
+	// PIDs are the daemons' main processes by name: "postgres" (the postmaster), "zabbix_server" and
+	// "php" (the unshare that holds each in a PID namespace of its own).
+	PIDs       map[string]int
 	ServerPort int
 	PGPort     int
 	WebPort    int
@@ -111,7 +130,7 @@ func Start(t testing.TB, o Options) *Stack {
 			t.Fatalf("zbx %s: %v: run scripts/deps.sh zabbix", o.Version, err)
 		}
 	}
-	s := &Stack{Version: o.Version, serverBin: lay.server}
+	s := &Stack{Version: o.Version, serverBin: lay.server, PIDs: map[string]int{}}
 	t0 := time.Now()
 	last := t0
 	lap := func(name string) {
@@ -120,14 +139,18 @@ func Start(t testing.TB, o Options) *Stack {
 		last = now
 	}
 
-	lockMachine(t)
+	LockMachine(t)
 	lap("lock")
+	Reap(t)
 
-	dir, err := os.MkdirTemp("", "kvm-zbx-"+o.Version+"-")
+	dir, err := os.MkdirTemp("", dirPrefix+o.Version+"-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := writeOwner(dir); err != nil {
+		t.Fatalf("zbx: %v", err)
+	}
 	// postgres and zabbix (the users the daemons drop to) must reach their subdirectories.
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
@@ -158,14 +181,39 @@ func Start(t testing.TB, o Options) *Stack {
 	if err := os.WriteFile(s.ServerConf, []byte(serverConf(s, run, lay.only70, o.ServerConfig)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	startGroup(t, "zabbix_server", filepath.Join(run, "server.out"), 20*time.Second,
-		lay.server, "-f", "-c", s.ServerConf)
+	// zabbix_server's children ignore the death of their parent, and on SIGTERM the server's HA
+	// manager waits forever for the database that dies with us too. So the server runs in a PID
+	// namespace of its own whose PID 1 is a shell that stays root, holding unshare's parent-death
+	// signal (a change of user would clear it): unshare dies with us (SIGKILL), the shell with
+	// unshare (--kill-child), and with the namespace's PID 1 the kernel kills the server and every
+	// child. The server itself runs as zabbix (setpriv), as packaged. Runtime control (-R) goes
+	// through a socket in SocketDir, so namespace pids in its pid file are never signalled.
+	// SIGTERM to the group reaches only the server: unshare blocks it, and a namespace's PID 1 does
+	// not get signals it has no handler for.
+	zs := credOf(t, "zabbix")
+	srv := daemon{what: "zabbix_server", log: filepath.Join(run, "server.out"), dir: run,
+		stop: syscall.SIGTERM, group: true, death: syscall.SIGKILL, grace: 20 * time.Second}
+	s.PIDs["zabbix_server"] = srv.start(t, "unshare", "--pid", "--kill-child=SIGKILL", "/bin/sh", "-c", `"$@"; exit $?`, "sh",
+		"setpriv", fmt.Sprintf("--reuid=%d", zs.Uid), fmt.Sprintf("--regid=%d", zs.Gid), "--clear-groups",
+		lay.server, "-f", "-c", s.ServerConf).Process.Pid
 
-	writeFrontConf(t, s)
+	front := filepath.Join(dir, "front")
+	s.FrontName = "kvm-test " + filepath.Base(dir)
+	if s.FrontConf, err = privateFrontend(lay.frontend, front, frontConf(s, s.FrontName)); err != nil {
+		t.Fatalf("zbx: private frontend from %s: %v", lay.frontend, err)
+	}
+	lap("frontend")
 	s.URL = fmt.Sprintf("http://127.0.0.1:%d/", s.WebPort)
-	startGroup(t, "php -S", filepath.Join(run, "php.log"), 5*time.Second,
-		"/usr/bin/env", "PHP_CLI_SERVER_WORKERS=4", "php", "-d", "memory_limit=512M", "-d", "post_max_size=32M",
-		"-d", "max_execution_time=300", "-S", fmt.Sprintf("127.0.0.1:%d", s.WebPort), "-t", lay.frontend)
+	// php -S workers outlive their parent whatever signal it gets, so php runs as PID 1 of a PID
+	// namespace held by unshare: unshare dies with us (parent-death signal), php with unshare
+	// (--kill-child), the workers with their namespace's PID 1 (the kernel kills the rest). SIGTERM
+	// would stop nothing (unshare blocks it, and a namespace's PID 1 ignores signals it has no handler
+	// for) and php -S keeps no state: the whole group gets SIGKILL.
+	web := daemon{what: "php -S", log: filepath.Join(run, "php.log"), dir: run,
+		stop: syscall.SIGKILL, group: true, death: syscall.SIGKILL, grace: 5 * time.Second}
+	s.PIDs["php"] = web.start(t, "/usr/bin/env", "PHP_CLI_SERVER_WORKERS=4", "unshare", "--pid", "--kill-child=SIGKILL",
+		"php", "-d", "memory_limit=512M", "-d", "post_max_size=32M", "-d", "max_execution_time=300",
+		"-S", fmt.Sprintf("127.0.0.1:%d", s.WebPort), "-t", front).Process.Pid
 
 	s.API = zabbixapi.New(s.URL)
 	harness.WaitFor(t, 60*time.Second, 100*time.Millisecond, "frontend API (see "+run+"/php.log)", func() (bool, error) {
@@ -210,32 +258,16 @@ func Start(t testing.TB, o Options) *Stack {
 	return s
 }
 
-// lockMachine holds LockPath until the test ends: two stacks would fight over zabbix.conf.php.
-func lockMachine(t testing.TB) {
+func chownTo(t testing.TB, path, name string) {
 	t.Helper()
-	f, err := os.OpenFile(LockPath, os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		t.Fatalf("zbx: lock %s: %v", LockPath, err)
+	c := credOf(t, name)
+	if err := os.Chown(path, int(c.Uid), int(c.Gid)); err != nil {
+		t.Fatal(err)
 	}
-	start := time.Now()
-	err = harness.Wait(context.Background(), lockWait, 250*time.Millisecond, func() (bool, error) {
-		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-		if err == nil {
-			return true, nil
-		}
-		return false, fmt.Errorf("another Zabbix stack holds %s: %w", LockPath, err)
-	})
-	if err != nil {
-		f.Close()
-		t.Fatalf("zbx: %v", err)
-	}
-	if w := time.Since(start); w > time.Second {
-		t.Logf("zbx: waited %.1fs for %s", w.Seconds(), LockPath)
-	}
-	t.Cleanup(func() { f.Close() }) // closing the last descriptor releases the flock
 }
 
-func chownTo(t testing.TB, path, name string) {
+// credOf is the user name's uid and primary gid, without supplementary groups.
+func credOf(t testing.TB, name string) *syscall.Credential {
 	t.Helper()
 	u, err := user.Lookup(name)
 	if err != nil {
@@ -243,9 +275,7 @@ func chownTo(t testing.TB, path, name string) {
 	}
 	uid, _ := strconv.Atoi(u.Uid)
 	gid, _ := strconv.Atoi(u.Gid)
-	if err := os.Chown(path, uid, gid); err != nil {
-		t.Fatal(err)
-	}
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
 }
 
 // runCmd runs a short command with a deadline and returns a clear error with its output.
@@ -283,22 +313,15 @@ func (s *Stack) startPostgres(t testing.TB, pgdir string) {
 		"-D", data, "-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C.UTF-8"); err != nil {
 		t.Fatalf("zbx: %v", err)
 	}
-	opts := fmt.Sprintf("-k %s -p %d -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off", pgdir, s.PGPort)
-	if err := runCmd(60*time.Second, nil, nil, "runuser", "-u", "postgres", "--", PGBin+"/pg_ctl",
-		"-D", data, "-l", log, "-w", "-s", "-o", opts, "start"); err != nil {
-		t.Fatalf("zbx: postgres start (log %s): %v", log, err)
-	}
-	t.Cleanup(func() {
-		if err := runCmd(30*time.Second, nil, nil, "runuser", "-u", "postgres", "--", PGBin+"/pg_ctl",
-			"-D", data, "-m", "immediate", "-w", "-s", "stop"); err != nil {
-			t.Logf("zbx: postgres stop: %v", err)
-			// pg_ctl failed: fall back to the postmaster's pid (first line of postmaster.pid).
-			if b, err := os.ReadFile(filepath.Join(data, "postmaster.pid")); err == nil {
-				if pid, err := strconv.Atoi(strings.SplitN(string(b), "\n", 2)[0]); err == nil && pid > 1 {
-					syscall.Kill(pid, syscall.SIGKILL)
-				}
-			}
-		}
+	// The postmaster runs in the foreground as postgres (pg_ctl would detach it from us). SIGQUIT is
+	// PostgreSQL's immediate shutdown: it stops every backend and exits, with nothing to keep.
+	pg := daemon{what: "postgres", log: log, dir: pgdir, cred: credOf(t, "postgres"),
+		stop: syscall.SIGQUIT, death: syscall.SIGQUIT, grace: 10 * time.Second}
+	s.PIDs["postgres"] = pg.start(t, PGBin+"/postgres", "-D", data, "-k", pgdir, "-p", strconv.Itoa(s.PGPort),
+		"-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off").Process.Pid
+	harness.WaitFor(t, 60*time.Second, 100*time.Millisecond, "postgres to accept connections (log "+log+")", func() (bool, error) {
+		err := runCmd(10*time.Second, nil, nil, PGBin+"/pg_isready", "-q", "-h", "127.0.0.1", "-p", strconv.Itoa(s.PGPort))
+		return err == nil, err
 	})
 	if err := s.psql("postgres", "postgres", "CREATE ROLE zabbix LOGIN PASSWORD 'zabbix'"); err != nil {
 		t.Fatalf("zbx: %v", err)
@@ -376,84 +399,6 @@ func serverConf(s *Stack, run string, only70 bool, extra map[string]string) stri
 		fmt.Fprintf(&b, "%s=%s\n", k, extra[k])
 	}
 	return b.String()
-}
-
-// writeFrontConf points the (hard-coded) frontend config at this stack and restores the file that
-// was there before when the test ends.
-func writeFrontConf(t testing.TB, s *Stack) {
-	t.Helper()
-	old, err := os.ReadFile(FrontConf)
-	existed := err == nil
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		t.Fatal(err)
-	}
-	conf := fmt.Sprintf(`<?php
-$DB['TYPE'] = 'POSTGRESQL'; $DB['SERVER'] = '127.0.0.1'; $DB['PORT'] = '%d';
-$DB['DATABASE'] = 'zabbix'; $DB['USER'] = 'zabbix'; $DB['PASSWORD'] = 'zabbix'; $DB['SCHEMA'] = '';
-$DB['ENCRYPTION'] = false; $DB['KEY_FILE'] = ''; $DB['CERT_FILE'] = ''; $DB['CA_FILE'] = '';
-$DB['VERIFY_HOST'] = false; $DB['CIPHER_LIST'] = ''; $DB['VAULT'] = ''; $DB['VAULT_URL'] = '';
-$DB['VAULT_PREFIX'] = ''; $DB['VAULT_DB_PATH'] = ''; $DB['VAULT_TOKEN'] = ''; $DB['VAULT_CERT_FILE'] = ''; $DB['VAULT_KEY_FILE'] = '';
-$DB['DOUBLE_IEEE754'] = true;
-$ZBX_SERVER = '127.0.0.1'; $ZBX_SERVER_PORT = '%d'; $ZBX_SERVER_NAME = 'kvm-test';
-$IMAGE_FORMAT_DEFAULT = IMAGE_FORMAT_PNG;
-`, s.PGPort, s.ServerPort)
-	if err := os.MkdirAll(filepath.Dir(FrontConf), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(FrontConf, []byte(conf), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if existed {
-			os.WriteFile(FrontConf, old, 0o644)
-		} else {
-			os.Remove(FrontConf)
-		}
-	})
-}
-
-// startGroup starts a daemon in the foreground in its own process group. At cleanup it gets
-// SIGTERM, grace to exit, then the whole group gets SIGKILL (php -S workers and server children
-// outlive a killed parent).
-func startGroup(t testing.TB, what, logPath string, grace time.Duration, name string, args ...string) *exec.Cmd {
-	t.Helper()
-	logf, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(name, args...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		t.Fatalf("zbx: start %s: %v", what, err)
-	}
-	done := make(chan struct{})
-	go func() {
-		cmd.Wait()
-		logf.Close()
-		close(done)
-	}()
-	pgid := cmd.Process.Pid
-	t.Cleanup(func() {
-		start := time.Now()
-		syscall.Kill(pgid, syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(grace):
-			t.Logf("zbx: %s did not exit %s after SIGTERM; killing its group", what, grace)
-		}
-		syscall.Kill(-pgid, syscall.SIGKILL)
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			t.Errorf("zbx: %s (pid %d) still running after SIGKILL", what, pgid)
-		}
-		if d := time.Since(start); d > 2*time.Second {
-			t.Logf("zbx: stopping %s took %.1fs", what, d.Seconds())
-		}
-	})
-	return cmd
 }
 
 var senderResult = regexp.MustCompile(`processed: (\d+); failed: (\d+)`)

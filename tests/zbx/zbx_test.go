@@ -7,8 +7,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"net/smtp"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -20,13 +23,19 @@ import (
 )
 
 // TestStart brings up each version, checks the stack's promises (API version, stock host off, the
-// trapper takes values, runtime control works, API errors carry the server's words) and that the
-// frontend config file is put back afterwards.
+// trapper takes values, runtime control works, API errors carry the server's words, the frontend
+// runs on its private configuration) and that nothing of it is left, inside or outside its temp
+// dir, once its test ended.
 func TestStart(t *testing.T) {
-	before, beforeErr := os.ReadFile(FrontConf)
+	// Held across both stacks, so that no other stack (an older version of this package rewrote
+	// /etc/zabbix/zabbix.conf.php) changes the file between the two reads.
+	LockMachine(t)
+	before, beforeErr := os.ReadFile(SystemFrontConf)
 	for _, v := range []string{"7.0", "6.0"} {
+		var dir string
 		t.Run(v, func(t *testing.T) {
 			s := Start(t, Options{Version: v})
+			dir = s.Dir
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
 			assert.Regexp(t, `^`+v+`\.\d+$`, s.APIVersion)
@@ -67,11 +76,37 @@ func TestStart(t *testing.T) {
 				return len(items) == 1 && items[0].LastValue == "42", fmt.Errorf("items %+v", items)
 			})
 			assert.Error(t, s.Send(ctx, "zbx-test", "no.such.item", "1"), "unknown item must be refused")
+
+			// The frontend read the private configuration: its server name is in the login page.
+			conf, err := os.ReadFile(s.FrontConf)
+			require.NoError(t, err)
+			assert.Contains(t, string(conf), fmt.Sprintf("$DB['PORT'] = '%d'", s.PGPort))
+			assert.True(t, strings.HasPrefix(s.FrontConf, s.Dir+"/"), "private conf %s outside %s", s.FrontConf, s.Dir)
+			page := get(ctx, t, s.URL+"index.php")
+			assert.Contains(t, page, "<title>"+s.FrontName+": ", "the frontend did not read %s", s.FrontConf)
+			procs := Procs(s.Dir)
+			assert.GreaterOrEqual(t, len(procs), 10, "the stack's processes must be found by their dir: %v", procs)
 		})
-		after, afterErr := os.ReadFile(FrontConf)
-		assert.Equal(t, beforeErr == nil, afterErr == nil, "%s existence changed by the stack", FrontConf)
-		assert.Equal(t, before, after, "%s not restored", FrontConf)
+		require.NotEmpty(t, dir)
+		assert.NoDirExists(t, dir, "temp dir left")
+		assert.Empty(t, Procs(dir), "processes left")
+		after, afterErr := os.ReadFile(SystemFrontConf)
+		assert.Equal(t, beforeErr == nil, afterErr == nil, "%s existence changed by the stack", SystemFrontConf)
+		assert.Equal(t, before, after, "%s changed by the stack", SystemFrontConf)
 	}
+}
+
+func get(ctx context.Context, t testing.TB, url string) string {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	require.NoError(t, err)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, resp.StatusCode, "GET %s: %s", url, b)
+	return string(b)
 }
 
 // The sink's SMTP dialogue, driven by Go's SMTP client; the Zabbix server's delivery is tested in
