@@ -164,3 +164,17 @@ func parent(d string) string {
 	}
 	return "/"
 }
+
+// TailFile returns the last n lines of the file at path (a log to show with a failure), or why it
+// cannot be read.
+func TailFile(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}

@@ -1,7 +1,10 @@
 package harness
 
 import (
+	"os"
+	"path/filepath"
 	"sort"
+	"strings"
 	"testing"
 )
 
@@ -23,5 +26,21 @@ func TestPortRangesDoNotOverlap(t *testing.T) {
 		if rs[i].lo <= rs[i-1].hi {
 			t.Errorf("%s %d-%d overlaps %s %d-%d", rs[i].name, rs[i].lo, rs[i].hi, rs[i-1].name, rs[i-1].lo, rs[i-1].hi)
 		}
+	}
+}
+
+func TestTailFile(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "log")
+	if err := os.WriteFile(p, []byte("a\nb\nc\nd\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got := TailFile(p, 2); got != "c\nd" {
+		t.Errorf("TailFile(2) = %q", got)
+	}
+	if got := TailFile(p, 10); got != "a\nb\nc\nd" {
+		t.Errorf("TailFile(10) = %q", got)
+	}
+	if got := TailFile(filepath.Join(t.TempDir(), "none"), 2); !strings.Contains(got, "no such file") {
+		t.Errorf("missing file: %q", got)
 	}
 }

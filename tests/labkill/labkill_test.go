@@ -7,7 +7,6 @@
 package labkill
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -163,10 +162,10 @@ func start(t *testing.T, argv []string, reap bool) (*exec.Cmd, victim, string) {
 		select {
 		case <-exited:
 			if waitErr != nil {
-				t.Fatalf("the reaping run failed: %v\n%s", waitErr, readLog(logf.Name()))
+				t.Fatalf("the reaping run failed: %v\n%s", waitErr, harness.TailFile(logf.Name(), 40))
 			}
 		case <-time.After(labWait):
-			t.Fatalf("the reaping run did not end in %s\n%s", labWait, readLog(logf.Name()))
+			t.Fatalf("the reaping run did not end in %s\n%s", labWait, harness.TailFile(logf.Name(), 40))
 		}
 		return cmd, victim{}, logf.Name()
 	}
@@ -193,29 +192,12 @@ func start(t *testing.T, argv []string, reap bool) (*exec.Cmd, victim, string) {
 		return true, json.Unmarshal(b, &v)
 	})
 	if err != nil {
-		t.Fatalf("victim: %v\n%s", err, readLog(logf.Name()))
+		t.Fatalf("victim: %v\n%s", err, harness.TailFile(logf.Name(), 40))
 	}
 	if left := v.leftovers(); len(left) < 5 {
 		t.Fatalf("the victim reported processes that do not run: %v (running: %v)", v, left)
 	}
 	return cmd, v, logf.Name()
-}
-
-func readLog(path string) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return err.Error()
-	}
-	defer f.Close()
-	var lines []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		lines = append(lines, sc.Text())
-	}
-	if len(lines) > 40 {
-		lines = lines[len(lines)-40:]
-	}
-	return strings.Join(lines, "\n")
 }
 
 // waitGone waits until nothing of v is left, failing with what is.
@@ -253,7 +235,7 @@ func TestKilledLabLeavesNothing(t *testing.T) {
 		kill(t, cmd.Process.Pid)
 		// the test binary notices that its parent is gone and cleans up completely
 		waitGone(t, v, 60*time.Second, "everything of the victim to be gone after go test was killed")
-		t.Logf("go test (pid %d) killed: nothing left\n%s", cmd.Process.Pid, readLog(log))
+		t.Logf("go test (pid %d) killed: nothing left\n%s", cmd.Process.Pid, harness.TailFile(log, 40))
 	})
 
 	t.Run("SIGKILL of the test binary", func(t *testing.T) {

@@ -9,7 +9,6 @@
 package zbxkill
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -130,7 +129,7 @@ func TestKilledStackLeavesNothing(t *testing.T) {
 				}
 				return true, json.Unmarshal(b, &v)
 			})
-			require.NoError(t, err, "victim log:\n%s", tail(logPath))
+			require.NoError(t, err, "victim log:\n%s", harness.TailFile(logPath, 40))
 			require.Equal(t, cmd.Process.Pid, v.PID)
 
 			// The scan finds the stack, so finding nothing later means something.
@@ -172,20 +171,3 @@ func TestKilledStackLeavesNothing(t *testing.T) {
 type final struct{ error }
 
 func (final) Final() bool { return true }
-
-func tail(path string) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return err.Error()
-	}
-	defer f.Close()
-	var lines []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		lines = append(lines, sc.Text())
-	}
-	if len(lines) > 40 {
-		lines = lines[len(lines)-40:]
-	}
-	return strings.Join(lines, "\n")
-}
