@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"zabbix-agent2-plugin-kvm/tests/harness"
 	"zabbix-agent2-plugin-kvm/tests/zbx"
 )
 
@@ -62,7 +63,7 @@ func TestVictim(t *testing.T) {
 		pids = append(pids, p)
 	}
 	for _, p := range pids {
-		r.Starts[p] = zbx.StartTime(p)
+		r.Starts[p] = harness.StartTime(p)
 	}
 	b, err := json.Marshal(r)
 	if err != nil {

@@ -17,7 +17,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -27,6 +26,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"zabbix-agent2-plugin-kvm/tests/harness"
+	"zabbix-agent2-plugin-kvm/tests/lab"
 	"zabbix-agent2-plugin-kvm/tests/zbx"
 )
 
@@ -59,26 +59,20 @@ type report struct {
 func (r report) leftovers() []string {
 	var left []string
 	for p, st := range r.Starts {
-		if st != "" && zbx.StartTime(p) == st {
+		if st != "" && harness.StartTime(p) == st {
 			left = append(left, fmt.Sprintf("pid %d", p))
 		}
 	}
 	for _, p := range r.Procs {
-		if zbx.StartTime(p.PID) == p.Start {
+		if harness.StartTime(p.PID) == p.Start {
 			left = append(left, "stack "+p.String())
 		}
 	}
 	for _, p := range zbx.Procs(r.ZbxDir) {
 		left = append(left, "in the stack's dir "+p.String())
 	}
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		var st syscall.Stat_t
-		if syscall.Stat(fmt.Sprintf("/proc/%d/ns/net", pid), &st) == nil && st.Ino == r.NetnsIno && zbx.StartTime(pid) != "" {
+	for _, pid := range lab.NetnsPids(r.NetnsIno) {
+		if harness.StartTime(pid) != "" {
 			comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
 			left = append(left, fmt.Sprintf("%s(%d) in the netns", strings.TrimSpace(string(comm)), pid))
 		}
@@ -122,7 +116,7 @@ func TestKilledScenarioLeavesNothing(t *testing.T) {
 	err := harness.Wait(context.Background(), upWait, time.Second, func() (bool, error) {
 		select {
 		case <-exited:
-			return false, final{errors.New("go test ended before its environment was up")}
+			return false, harness.Final(errors.New("go test ended before its environment was up"))
 		default:
 		}
 		b, err := os.ReadFile(reportPath)
@@ -171,8 +165,3 @@ func TestKilledScenarioLeavesNothing(t *testing.T) {
 	assert.NoDirExists(t, r.ZbxDir)
 	assert.Empty(t, r.leftovers())
 }
-
-// final ends harness.Wait at once: what it waits for can no longer happen.
-type final struct{ error }
-
-func (final) Final() bool { return true }

@@ -178,3 +178,31 @@ func TailFile(path string, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// StartTime is field 22 of /proc/PID/stat, the process's start in clock ticks after boot: with the
+// pid it names one process for good (a pid is reused, the pair is not). "" once the process is gone
+// or a zombie (a zombie holds nothing).
+func StartTime(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return ""
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return ""
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 20 || f[0] == "Z" {
+		return ""
+	}
+	return f[19]
+}
+
+// Final wraps err so that Wait ends at once with it: what the wait is for can no longer happen.
+func Final(err error) error { return final{err} }
+
+type final struct{ error }
+
+func (f final) Final() bool   { return true }
+func (f final) Unwrap() error { return f.error }

@@ -1,11 +1,14 @@
 package harness
 
 import (
+	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
+	"time"
 )
 
 // No two packages share a port range, and every range is one zabbix_agent2 accepts.
@@ -42,5 +45,17 @@ func TestTailFile(t *testing.T) {
 	}
 	if got := TailFile(filepath.Join(t.TempDir(), "none"), 2); !strings.Contains(got, "no such file") {
 		t.Errorf("missing file: %q", got)
+	}
+}
+
+func TestWaitEndsOnFinal(t *testing.T) {
+	gone := errors.New("the victim ended")
+	t0 := time.Now()
+	err := Wait(context.Background(), time.Minute, 10*time.Millisecond, func() (bool, error) { return false, Final(gone) })
+	if !errors.Is(err, gone) || time.Since(t0) > 10*time.Second {
+		t.Fatalf("Wait with a final error: %v after %s", err, time.Since(t0))
+	}
+	if StartTime(os.Getpid()) == "" || StartTime(1<<30) != "" {
+		t.Errorf("StartTime: self %q, no such pid %q", StartTime(os.Getpid()), StartTime(1<<30))
 	}
 }

@@ -250,7 +250,7 @@ func removeNetns(ipBin, ns string, ino uint64, log io.Writer) error {
 	if _, err := os.Stat(filepath.Join(netnsDir, ns)); err == nil {
 		errs = append(errs, fmt.Errorf("netns %s still exists", ns))
 	}
-	if left := netnsPids(ino); len(left) > 0 {
+	if left := NetnsPids(ino); len(left) > 0 {
 		errs = append(errs, fmt.Errorf("processes still in netns %s: %v", ns, describe(left)))
 	}
 	if len(errs) > 0 {
@@ -269,7 +269,7 @@ func removeNetns(ipBin, ns string, ino uint64, log io.Writer) error {
 // killNetns stops every process in the netns with inode ino except the one with pid except: SIGTERM,
 // up to 10 s to exit, then SIGKILL. Returns "name(pid)" of each process it signalled.
 func killNetns(ino uint64, except int, log io.Writer) []string {
-	pids := netnsPids(ino)
+	pids := NetnsPids(ino)
 	var victims []int
 	for _, p := range pids {
 		if p != except {
@@ -295,8 +295,8 @@ func killNetns(ino uint64, except int, log io.Writer) []string {
 	return names
 }
 
-// netnsPids lists the processes whose network namespace is ino (a zombie has no ns link and is skipped).
-func netnsPids(ino uint64) []int {
+// NetnsPids lists the processes whose network namespace is ino (a zombie has no ns link and is skipped).
+func NetnsPids(ino uint64) []int {
 	ents, _ := os.ReadDir("/proc")
 	var pids []int
 	for _, e := range ents {

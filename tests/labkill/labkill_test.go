@@ -70,7 +70,7 @@ func TestVictim(t *testing.T) {
 		Netns: l.Netns(), NetnsIno: st.Ino, Domain: g.Name(), Starts: map[int]string{}}
 	v.Virtlogd, _ = strconv.Atoi(strings.TrimSpace(string(vlog)))
 	for _, p := range v.pids() {
-		v.Starts[p] = startTime(p)
+		v.Starts[p] = harness.StartTime(p)
 	}
 	b, _ := json.Marshal(v)
 	if err := os.WriteFile(out+".tmp", b, 0o600); err != nil {
@@ -85,44 +85,20 @@ func TestVictim(t *testing.T) {
 
 func (v victim) pids() []int { return []int{v.Outer, v.Inner, v.Libvirtd, v.Virtlogd, v.QEMU} }
 
-// startTime is field 22 of /proc/PID/stat ("" once the process is gone).
-func startTime(pid int) string {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return ""
-	}
-	s := string(b)
-	if i := strings.LastIndexByte(s, ')'); i >= 0 {
-		if f := strings.Fields(s[i+1:]); len(f) > 19 {
-			if f[0] == "Z" {
-				return "" // a zombie holds nothing
-			}
-			return f[19]
-		}
-	}
-	return ""
-}
-
 // leftovers lists what of the victim still exists.
 func (v victim) leftovers() []string {
 	var left []string
 	names := []string{"test binary (outer)", "test binary (in the netns)", "libvirtd", "virtlogd", "QEMU"}
 	for i, p := range v.pids() {
-		if st := startTime(p); st != "" && st == v.Starts[p] {
+		if st := harness.StartTime(p); st != "" && st == v.Starts[p] {
 			left = append(left, fmt.Sprintf("%s pid %d", names[i], p))
 		}
 	}
 	if _, err := os.Stat(filepath.Join("/run/netns", v.Netns)); err == nil {
 		left = append(left, "netns "+v.Netns)
 	}
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		var st syscall.Stat_t
-		if syscall.Stat(fmt.Sprintf("/proc/%d/ns/net", pid), &st) == nil && st.Ino == v.NetnsIno && startTime(pid) != "" {
+	for _, pid := range lab.NetnsPids(v.NetnsIno) {
+		if harness.StartTime(pid) != "" {
 			comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
 			left = append(left, fmt.Sprintf("process %s(%d) in the victim's netns", strings.TrimSpace(string(comm)), pid))
 		}

@@ -110,26 +110,6 @@ func (d daemon) start(t testing.TB, argv ...string) *exec.Cmd {
 	return cmd
 }
 
-// StartTime is field 22 of /proc/PID/stat, the process's start in clock ticks after boot: with the
-// pid it names one process for good (a pid is reused, the pair is not). "" once the process is gone
-// or a zombie (a zombie holds nothing).
-func StartTime(pid int) string {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return ""
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return ""
-	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 20 || f[0] == "Z" {
-		return ""
-	}
-	return f[19]
-}
-
 // Proc is a process that works in a stack's temp dir.
 type Proc struct {
 	PID   int
@@ -172,7 +152,7 @@ func Procs(dir string) []Proc {
 		if why == "" {
 			continue
 		}
-		st := StartTime(pid)
+		st := harness.StartTime(pid)
 		if st == "" {
 			continue
 		}
@@ -184,7 +164,7 @@ func Procs(dir string) []Proc {
 
 // writeOwner marks dir as this test process's.
 func writeOwner(dir string) error {
-	st := StartTime(os.Getpid())
+	st := harness.StartTime(os.Getpid())
 	if st == "" {
 		return errors.New("no start time for this process in /proc")
 	}
@@ -206,7 +186,7 @@ func ownerAlive(dir string) (alive, ok bool) {
 	if err != nil || pid <= 0 {
 		return false, false
 	}
-	return StartTime(pid) == f[1], true
+	return harness.StartTime(pid) == f[1], true
 }
 
 // Reap removes what earlier stacks whose test process died without cleaning up (SIGKILL, a crash)
@@ -232,7 +212,7 @@ func reapIn(t testing.TB, root string) []string {
 		left := Procs(dir)
 		for _, p := range left {
 			// The start time proves the pid still names the process Procs found.
-			if StartTime(p.PID) == p.Start {
+			if harness.StartTime(p.PID) == p.Start {
 				syscall.Kill(p.PID, syscall.SIGKILL)
 			}
 		}

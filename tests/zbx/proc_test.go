@@ -9,6 +9,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"zabbix-agent2-plugin-kvm/tests/harness"
 )
 
 // The reaper removes a dir whose owner is dead, killing what still works in it, and leaves a live
@@ -28,7 +30,7 @@ func TestReap(t *testing.T) {
 	stdin, err := gone.StdinPipe()
 	require.NoError(t, err)
 	require.NoError(t, gone.Start())
-	st := StartTime(gone.Process.Pid)
+	st := harness.StartTime(gone.Process.Pid)
 	require.NotEmpty(t, st)
 	stdin.Close()
 	require.NoError(t, gone.Wait())

@@ -55,7 +55,7 @@ func TestVictim(t *testing.T) {
 		t.Skip("runs only as the child of TestKilledStackLeavesNothing")
 	}
 	s := zbx.Start(t, zbx.Options{Version: os.Getenv(envVersion)})
-	v := victim{PID: os.Getpid(), Start: zbx.StartTime(os.Getpid()), Dir: s.Dir, FrontConf: s.FrontConf,
+	v := victim{PID: os.Getpid(), Start: harness.StartTime(os.Getpid()), Dir: s.Dir, FrontConf: s.FrontConf,
 		Daemons: s.PIDs, Procs: zbx.Procs(s.Dir)}
 	b, err := json.Marshal(v)
 	require.NoError(t, err)
@@ -70,14 +70,14 @@ func TestVictim(t *testing.T) {
 func (v victim) leftovers() []string {
 	var left []string
 	for _, p := range v.Procs {
-		if zbx.StartTime(p.PID) == p.Start {
+		if harness.StartTime(p.PID) == p.Start {
 			left = append(left, "reported "+p.String())
 		}
 	}
 	for _, p := range zbx.Procs(v.Dir) {
 		left = append(left, "in the dir "+p.String())
 	}
-	if zbx.StartTime(v.PID) == v.Start {
+	if harness.StartTime(v.PID) == v.Start {
 		left = append(left, fmt.Sprintf("the test binary (%d)", v.PID))
 	}
 	return left
@@ -120,7 +120,7 @@ func TestKilledStackLeavesNothing(t *testing.T) {
 			err = harness.Wait(context.Background(), upWait, 200*time.Millisecond, func() (bool, error) {
 				select {
 				case <-exited:
-					return false, final{fmt.Errorf("the victim ended before its stack was up: %v", waitErr)}
+					return false, harness.Final(fmt.Errorf("the victim ended before its stack was up: %v", waitErr))
 				default:
 				}
 				b, err := os.ReadFile(report)
@@ -141,7 +141,7 @@ func TestKilledStackLeavesNothing(t *testing.T) {
 			require.GreaterOrEqual(t, names["postgres"], 3, "postmaster and backends in %v", v.Procs)
 			require.GreaterOrEqual(t, names["php"], 2, "php -S and its workers in %v", v.Procs)
 			for name, pid := range v.Daemons {
-				require.NotEmpty(t, zbx.StartTime(pid), "%s (%d) not running", name, pid)
+				require.NotEmpty(t, harness.StartTime(pid), "%s (%d) not running", name, pid)
 			}
 			require.True(t, strings.HasPrefix(v.FrontConf, v.Dir+"/"), "frontend conf %s outside %s", v.FrontConf, v.Dir)
 
@@ -166,8 +166,3 @@ func TestKilledStackLeavesNothing(t *testing.T) {
 		})
 	}
 }
-
-// final ends harness.Wait at once: what it waits for can no longer happen.
-type final struct{ error }
-
-func (final) Final() bool { return true }
