@@ -264,8 +264,12 @@ func TestSendRedirect(t *testing.T) {
 
 	// two proxies that each send us to the other: one redirect is followed, then an error, no loop
 	var a, b string
-	a, _ = trapper(t, func(map[string]any) []byte { return Frame(bytes.Replace(bytes.TrimSpace(capture), []byte("127.0.0.1:15490"), []byte(b), 1)) })
-	b, _ = trapper(t, func(map[string]any) []byte { return Frame(bytes.Replace(bytes.TrimSpace(capture), []byte("127.0.0.1:15490"), []byte(a), 1)) })
+	a, _ = trapper(t, func(map[string]any) []byte {
+		return Frame(bytes.Replace(bytes.TrimSpace(capture), []byte("127.0.0.1:15490"), []byte(b), 1))
+	})
+	b, _ = trapper(t, func(map[string]any) []byte {
+		return Frame(bytes.Replace(bytes.TrimSpace(capture), []byte("127.0.0.1:15490"), []byte(a), 1))
+	})
 	c, err = New(a, time.Second)
 	require.NoError(t, err)
 	_, err = c.Send(context.Background(), it)
