@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the build, the demo and the tests need on Debian 12, idempotently, as root.
-# Usage: scripts/deps.sh [build|agents|qemu|haproxy|zabbix|trixie|debroot|all]...
+# Usage: scripts/deps.sh [build|agents|qemu|haproxy|zabbix|trixie|deb|debroot|all]...
 # Agent binaries go to $KVM_CACHE (default /var/cache/zabbix-agent2-plugin-kvm), outside the repo,
 # so that 6.0 and 7.0 run side by side.
 set -euo pipefail
@@ -151,6 +151,9 @@ trixie() {
     { tail -20 "$CACHE/root/trixie-install.log" >&2; exit 1; }
 }
 
+# deb: what `make deb` needs beside the build: dpkg-shlibdeps and lintian.
+deb() { install dpkg-dev lintian; }
+
 # debroot: the package's install test (tests/deb) overlays this bookworm root, a root of its own so
 # that no other target's installs change what "a fresh Debian 12" means there, and installs offline
 # from its apt cache (downloaded here, since tests never dial out): zabbix-agent2 6.0 (bookworm) and
@@ -170,8 +173,8 @@ need_root; no_daemons
 [ $# -gt 0 ] || set -- all
 for what in "$@"; do
   case $what in
-    build|agents|qemu|haproxy|zabbix|trixie|debroot) $what ;;
-    all) build; agents; qemu; haproxy; zabbix; trixie; debroot ;;
-    *) log "unknown target $what (build|agents|qemu|haproxy|zabbix|trixie|debroot|all)"; exit 2 ;;
+    build|agents|qemu|haproxy|zabbix|trixie|deb|debroot) $what ;;
+    all) build; agents; qemu; haproxy; zabbix; trixie; deb; debroot ;;
+    *) log "unknown target $what (build|agents|qemu|haproxy|zabbix|trixie|deb|debroot|all)"; exit 2 ;;
   esac
 done
