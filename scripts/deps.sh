@@ -157,16 +157,17 @@ deb() { install dpkg-dev lintian; }
 # debroot: the package's install test (tests/deb) overlays this bookworm root, a root of its own so
 # that no other target's installs change what "a fresh Debian 12" means there, and installs offline
 # from its apt cache (downloaded here, since tests never dial out): zabbix-agent2 6.0 (bookworm) and
-# 7.0 (bookworm-backports) and libvirt0, each with its dependencies.
+# 7.0 (bookworm-backports) and libvirt0, each with its dependencies and recommendations (what apt
+# installs for a user).
 debroot() {
   local dir=$CACHE/root/deb-bookworm
   root bookworm deb-bookworm
-  [ -e "$dir/.downloaded" ] && return 0
+  [ -e "$dir/.apt-cache-complete" ] && return 0
   log "downloading zabbix-agent2 6.0 and 7.0 and libvirt0 into the deb-bookworm root's apt cache"
-  { in_root deb-bookworm apt-get install -y -qq --download-only --no-install-recommends zabbix-agent2 libvirt0 &&
-    in_root deb-bookworm apt-get install -y -qq --download-only --no-install-recommends -t bookworm-backports zabbix-agent2; } \
+  { in_root deb-bookworm apt-get install -y -qq --download-only zabbix-agent2 libvirt0 &&
+    in_root deb-bookworm apt-get install -y -qq --download-only -t bookworm-backports zabbix-agent2; } \
     >"$dir.download.log" 2>&1 || { tail -20 "$dir.download.log" >&2; exit 1; }
-  touch "$dir/.downloaded"
+  touch "$dir/.apt-cache-complete"
 }
 
 need_root; no_daemons
