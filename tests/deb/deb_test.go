@@ -81,9 +81,8 @@ func buildDebs(t *testing.T) debs {
 	cmd.Dir = harness.RepoRoot(t)
 	b, err := cmd.CombinedOutput()
 	require.NoError(t, err, "make deb:\n%s", b)
-	if w := regexp.MustCompile(`(?m)^[WE]: .*$`).FindAllString(string(b), -1); len(w) > 0 {
-		t.Logf("lintian:\n%s", strings.Join(w, "\n"))
-	}
+	tags := regexp.MustCompile(`(?m)^[EWIXP]: .*$`).FindAllString(string(b), -1)
+	t.Logf("lintian: %d tags %s", len(tags), strings.Join(tags, "\n"))
 	require.NotRegexp(t, `(?m)^E: `, string(b), "lintian errors")
 	found, _ := filepath.Glob(filepath.Join(out, pkg+"_*_amd64.deb"))
 	require.Len(t, found, 1, "make deb built %v", found)
@@ -210,9 +209,8 @@ func testInstalled(t *testing.T, o *chroot.Overlay, env *services, d debs) {
 	require.NoError(t, err)
 	require.Contains(t, string(conf), "\nPlugins.KVM.System.Path="+binPath+"\n")
 
-	// The admin's steps (README, Install): haproxy's socket for group haproxy with zabbix in it,
-	// libvirt's for group libvirt; kvm.conf pointed at both, actions on for the test domain.
-	o.Run(t, time.Minute, "/usr/sbin/adduser", "--quiet", "zabbix", "haproxy")
+	// The admin's steps (README, Install): libvirt's socket for group libvirt, haproxy's for group
+	// haproxy; kvm.conf pointed at both, actions on for the test domain.
 	share(t, env.libvirtSock, lookupGroup(t, o, "libvirt"))
 	share(t, env.hSock, lookupGroup(t, o, "haproxy"))
 	edited := editConf(t, string(conf), map[string]string{
@@ -226,7 +224,17 @@ func testInstalled(t *testing.T, o *chroot.Overlay, env *services, d debs) {
 	agentConf(t, o, port)
 	unit := readUnit(t, o)
 
+	// Before the admin adds zabbix to group haproxy (the step postinst states), the agent's user
+	// cannot open haproxy's socket: the sockets really are closed to anyone outside their group.
 	a := startAgent(t, o, unit, port)
+	v, err := a.query("kvm.actions.check")
+	require.NoError(t, err)
+	require.Regexp(t, `"ok":0.*haproxy runtime API: .*permission denied`, v)
+	require.NotContains(t, v, "libvirt", "libvirt answers zabbix through group libvirt, which postinst set up")
+	a.stop(t)
+	o.Run(t, time.Minute, "/usr/sbin/adduser", "--quiet", "zabbix", "haproxy")
+
+	a = startAgent(t, o, unit, port)
 	require.Equal(t, zabbix.uid, procUID(t, a.pid), "the agent runs as zabbix")
 	queryPlugin(t, a)
 
@@ -251,7 +259,7 @@ func testInstalled(t *testing.T, o *chroot.Overlay, env *services, d debs) {
 
 	// upgrade: the admin's kvm.conf stays as edited
 	install(t, o, d.newer)
-	v, err := chroot.Version(o.Dir, pkg)
+	v, err = chroot.Version(o.Dir, pkg)
 	require.NoError(t, err)
 	require.Equal(t, d.newerVersion, v)
 	after, err := os.ReadFile(filepath.Join(o.Dir, confPath))
