@@ -49,8 +49,8 @@ install -m 0644 "$top/conf/zabbix_agent2.conf" "$top/conf/haproxy.cfg" "$root/us
 install -m 0644 "$here/kvm-plugin.conf" "$root/usr/lib/systemd/system/zabbix-agent2.service.d/kvm-plugin.conf"
 install -m 0644 "$top/README.md" "$top"/docs/*.md "$root/usr/share/doc/$pkg/"
 
-maint=$(git -C "$top" log -1 --format='%an <%ae>' 2>/dev/null || true)
-[ -n "$maint" ] || die "no maintainer: the package's is the last commit's author"
+maint=${DEB_MAINTAINER:-$(git -C "$top" log -1 --format="%an <%ae>" 2>/dev/null || true)}
+[ -n "$maint" ] || die "no maintainer: set DEB_MAINTAINER (default: the last commit's author)"
 sed -e "s/@YEAR@/$(date -u +%Y)/" -e "s/@MAINTAINER@/${maint//\//\\/}/" "$here/copyright.in" >"$root/usr/share/doc/$pkg/copyright"
 {
   printf '%s (%s) unstable; urgency=medium\n\n' "$pkg" "$version"

@@ -6,7 +6,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -132,52 +131,9 @@ type services struct {
 
 func startServices(t *testing.T) *services {
 	t.Helper()
-	harness.RequireTool(t, "libvirtd", "scripts/deps.sh build")
 	s := &services{dir: t.TempDir()}
 	require.NoError(t, os.Chmod(s.dir, 0o755)) // the agent's user walks through it to the sockets
-	lv := filepath.Join(s.dir, "libvirt")
-	for _, d := range []string{lv, filepath.Join(s.dir, "no-drivers")} {
-		require.NoError(t, os.Mkdir(d, 0o755))
-	}
-	conf := filepath.Join(s.dir, "libvirtd.conf")
-	// no hypervisor driver modules (LIBVIRT_DRIVER_DIR is empty): only the built-in test driver,
-	// so nothing can touch the machine's guests; sockets only for root until the test hands them
-	// to a group below
-	require.NoError(t, os.WriteFile(conf, []byte(fmt.Sprintf("unix_sock_dir = %q\nunix_sock_rw_perms = \"0700\"\n"+
-		"auth_unix_rw = \"none\"\nauth_unix_ro = \"none\"\nlog_outputs = \"3:file:%s\"\n", lv, filepath.Join(s.dir, "libvirtd.log"))), 0o600))
-	cmd := exec.Command("libvirtd", "-f", conf, "-p", filepath.Join(s.dir, "libvirtd.pid"))
-	cmd.Env = append(os.Environ(), "LIBVIRT_DRIVER_DIR="+filepath.Join(s.dir, "no-drivers"))
-	logf, err := os.Create(filepath.Join(s.dir, "libvirtd.out"))
-	require.NoError(t, err)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	require.NoError(t, cmd.Start())
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); logf.Close(); close(exited) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-	})
-	s.libvirtSock = filepath.Join(lv, "libvirt-sock")
-	harness.WaitFor(t, 30*time.Second, 50*time.Millisecond, "libvirtd's socket "+s.libvirtSock, func() (bool, error) {
-		select {
-		case <-exited:
-			b, _ := os.ReadFile(filepath.Join(s.dir, "libvirtd.out"))
-			return false, harness.Final(fmt.Errorf("libvirtd exited: %s", b))
-		default:
-		}
-		c, err := net.DialTimeout("unix", s.libvirtSock, time.Second)
-		if err != nil {
-			return false, err
-		}
-		c.Close()
-		return true, nil
-	})
+	s.libvirtSock = harness.StartLibvirtd(t, filepath.Join(s.dir, "libvirt"))
 
 	h := harness.StartHAProxy(t, func(sock string) string {
 		return fmt.Sprintf("global\n  stats socket %s mode 600 level admin\n"+
