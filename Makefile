@@ -7,7 +7,7 @@ GO ?= go
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 export GOFLAGS ?= -buildvcs=false
 
-.PHONY: all build deb deps deps-demo test test-unit test-e2e bench bench-e2e demo conf fuzz vet lint clean
+.PHONY: all build deb deps deps-demo deps-deb test test-unit test-e2e bench bench-e2e demo conf fuzz vet lint clean
 
 all: build
 
@@ -19,6 +19,9 @@ deps:
 deps-demo:
 	bash scripts/deps.sh build agents haproxy
 	$(GO) mod download
+
+deps-deb:
+	bash scripts/deps.sh build deb
 
 build:
 	$(GO) build -ldflags "-X main.Version=$(VERSION)" -o $(BIN) .
@@ -69,8 +72,7 @@ demo: deps-demo
 # from git describe, or DEB_VERSION=…) into DEB_OUT, checked by lintian: errors fail the build.
 # The binary is position-independent, as Debian builds its own.
 DEB_OUT ?= .
-deb:
-	bash scripts/deps.sh build deb
+deb: deps-deb
 	$(GO) build -buildmode=pie -ldflags "-X main.Version=$(VERSION)" -o $(DEB_OUT)/$(BIN).deb-bin .
 	set -e; deb=$$(bash packaging/deb/build.sh $(DEB_OUT)/$(BIN).deb-bin $(DEB_OUT)); rm -f $(DEB_OUT)/$(BIN).deb-bin; \
 		echo "built $$deb"; lintian --fail-on error --suppress-tags-from-file packaging/deb/lintian-suppressed "$$deb"

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -367,8 +368,8 @@ func startAgent(t *testing.T, o *chroot.Overlay, u *Unit, port int) *agent {
 			return a
 		}
 		if !strings.Contains(err.Error(), agent60StartRace) || attempt == 3 {
-			log, _ := os.ReadFile(filepath.Join(o.Dir, "var/log/zabbix/zabbix_agent2.log"))
-			t.Fatalf("packaged zabbix_agent2 did not start: %v\nagent log:\n%s", err, tail(string(log), 30))
+			t.Fatalf("packaged zabbix_agent2 did not start: %v\nagent log:\n%s", err,
+				harness.TailFile(filepath.Join(o.Dir, "var/log/zabbix/zabbix_agent2.log"), 30))
 		}
 		t.Logf("zabbix_agent2 6.0 died of its start-up race (attempt %d); Restart=%s starts it again", attempt, u.Get("Restart"))
 	}
@@ -499,31 +500,36 @@ type user struct {
 	groups            []int // supplementary, as initgroups gives them
 }
 
+// rows are the entries of a colon-separated database of the root (etc/passwd, etc/group).
+func rows(t *testing.T, o *chroot.Overlay, file string, fields int) [][]string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(o.Dir, file))
+	require.NoError(t, err)
+	var out [][]string
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Split(l, ":"); len(f) == fields {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
 func lookupUser(t *testing.T, o *chroot.Overlay, name string) user {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(o.Dir, "etc/passwd"))
-	require.NoError(t, err)
-	for _, l := range strings.Split(string(b), "\n") {
-		f := strings.Split(l, ":")
-		if len(f) == 7 && f[0] == name {
-			u := user{name: name, home: f[5], shell: f[6]}
-			u.uid, _ = strconv.Atoi(f[2])
-			u.gid, _ = strconv.Atoi(f[3])
-			g, err := os.ReadFile(filepath.Join(o.Dir, "etc/group"))
-			require.NoError(t, err)
-			for _, gl := range strings.Split(string(g), "\n") {
-				gf := strings.Split(gl, ":")
-				if len(gf) == 4 {
-					for _, m := range strings.Split(gf[3], ",") {
-						if m == name {
-							id, _ := strconv.Atoi(gf[2])
-							u.groups = append(u.groups, id)
-						}
-					}
-				}
-			}
-			return u
+	for _, f := range rows(t, o, "etc/passwd", 7) {
+		if f[0] != name {
+			continue
 		}
+		u := user{name: name, home: f[5], shell: f[6]}
+		u.uid, _ = strconv.Atoi(f[2])
+		u.gid, _ = strconv.Atoi(f[3])
+		for _, g := range rows(t, o, "etc/group", 4) {
+			if slices.Contains(strings.Split(g[3], ","), name) {
+				id, _ := strconv.Atoi(g[2])
+				u.groups = append(u.groups, id)
+			}
+		}
+		return u
 	}
 	t.Fatalf("no user %s in the root", name)
 	return user{}
@@ -531,11 +537,8 @@ func lookupUser(t *testing.T, o *chroot.Overlay, name string) user {
 
 func lookupGroup(t *testing.T, o *chroot.Overlay, name string) int {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(o.Dir, "etc/group"))
-	require.NoError(t, err)
-	for _, l := range strings.Split(string(b), "\n") {
-		f := strings.Split(l, ":")
-		if len(f) == 4 && f[0] == name {
+	for _, f := range rows(t, o, "etc/group", 4) {
+		if f[0] == name {
 			id, err := strconv.Atoi(f[2])
 			require.NoError(t, err)
 			return id
@@ -543,12 +546,4 @@ func lookupGroup(t *testing.T, o *chroot.Overlay, name string) int {
 	}
 	t.Fatalf("no group %s in the root", name)
 	return 0
-}
-
-func tail(s string, n int) string {
-	l := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(l) > n {
-		l = l[len(l)-n:]
-	}
-	return strings.Join(l, "\n")
 }
