@@ -34,6 +34,8 @@ const (
 	haproxyDir = "/run/kvm-haproxy"
 	// agent60StartRace: zabbix_agent2 6.0.14 sometimes panics at start (tests/harness, Agent.Start)
 	agent60StartRace = "failed to obtain PID of dead child process"
+	// the line the newer build adds to its kvm.conf
+	newerConfMark = "# (the newer build's kvm.conf)"
 )
 
 // TestPackage installs Debian's zabbix-agent2 (6.0 from bookworm, 7.0 from bookworm-backports) and
@@ -72,8 +74,9 @@ func TestPackage(t *testing.T) {
 
 type debs struct{ first, newer, firstVersion, newerVersion string }
 
-// buildDebs runs `make deb` (lintian errors fail it) and makes a newer build of the same tree for the
-// upgrade: the package repacked with a higher version, as the next `make deb` would give.
+// buildDebs runs `make deb` (lintian errors fail it) and makes a newer build for the upgrade: the
+// package repacked with a higher version and a kvm.conf that changed too (as it does when an option
+// is added), the case where dpkg must choose between the admin's file and the package's.
 func buildDebs(t *testing.T) debs {
 	t.Helper()
 	out := t.TempDir()
@@ -103,6 +106,12 @@ func buildDebs(t *testing.T) debs {
 	d.newerVersion = d.firstVersion + "+1"
 	c = bytes.Replace(c, []byte("Version: "+d.firstVersion+"\n"), []byte("Version: "+d.newerVersion+"\n"), 1)
 	require.NoError(t, os.WriteFile(ctl, c, 0o644))
+	shipped := filepath.Join(raw, confPath)
+	c, err = os.ReadFile(shipped)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(shipped, append(c, []byte(newerConfMark+"\n")...), 0o644))
+	sums := run(t, "sh", "-c", `cd "$1" && find . -path ./DEBIAN -prune -o -type f -printf '%P\n' | LC_ALL=C sort | xargs md5sum`, "sh", raw)
+	require.NoError(t, os.WriteFile(filepath.Join(raw, "DEBIAN", "md5sums"), []byte(sums), 0o644))
 	d.newer = filepath.Join(out, pkg+"_"+d.newerVersion+"_amd64.deb")
 	run(t, "dpkg-deb", "--root-owner-group", "--build", raw, d.newer)
 	run(t, "dpkg", "--compare-versions", d.newerVersion, "gt", d.firstVersion)
@@ -214,14 +223,17 @@ func testInstalled(t *testing.T, o *chroot.Overlay, env *services, d debs) {
 	queryPlugin(t, a)
 	a.stop(t)
 
-	// upgrade: the admin's kvm.conf stays as edited
-	install(t, o, d.newer)
+	// upgrade: the admin's kvm.conf stays as edited; the package's new one goes beside it
+	install(t, o, d.newer, "-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold")
 	v, err = chroot.Version(o.Dir, pkg)
 	require.NoError(t, err)
 	require.Equal(t, d.newerVersion, v)
 	after, err := os.ReadFile(filepath.Join(o.Dir, confPath))
 	require.NoError(t, err)
 	require.Equal(t, edited, string(after), "the upgrade changed the edited kvm.conf")
+	dist, err := os.ReadFile(filepath.Join(o.Dir, confPath+".dpkg-dist"))
+	require.NoError(t, err, "the newer build's kvm.conf beside the admin's")
+	require.Contains(t, string(dist), newerConfMark)
 	a = startAgent(t, o, unit, port)
 	queryPlugin(t, a)
 	a.stop(t)
@@ -245,7 +257,7 @@ func testInstalled(t *testing.T, o *chroot.Overlay, env *services, d debs) {
 	require.NoError(t, err)
 	require.Equal(t, edited, string(back), "reinstall after remove")
 	o.Run(t, 2*time.Minute, "/usr/bin/apt-get", "purge", "-y", pkg)
-	for _, p := range []string{confPath, confPath + ".dpkg-disabled", stateDir, binPath, dropIn} {
+	for _, p := range []string{confPath, confPath + ".dpkg-disabled", confPath + ".dpkg-dist", stateDir, binPath, dropIn} {
 		require.NoFileExists(t, filepath.Join(o.Dir, p), "after purge")
 		require.NoDirExists(t, filepath.Join(o.Dir, p), "after purge")
 	}
@@ -256,8 +268,9 @@ func testInstalled(t *testing.T, o *chroot.Overlay, env *services, d debs) {
 	require.Contains(t, string(status), "no packages found matching "+pkg)
 }
 
-// install installs a package file with apt, offline, as a user would (`apt-get install ./x.deb`).
-func install(t *testing.T, o *chroot.Overlay, deb string) {
+// install installs a package file with apt, offline, as a user would (`apt-get install ./x.deb`),
+// with further apt options opts.
+func install(t *testing.T, o *chroot.Overlay, deb string, opts ...string) {
 	t.Helper()
 	in := filepath.Join("/tmp", filepath.Base(deb))
 	b, err := os.ReadFile(deb)
@@ -265,8 +278,8 @@ func install(t *testing.T, o *chroot.Overlay, deb string) {
 	require.NoError(t, os.WriteFile(filepath.Join(o.Dir, in), b, 0o644))
 	// apt 2.6 refuses --no-download with a package file ("Pathname to install is not absolute"):
 	// offline instead through a proxy on a closed loopback port, so a download would fail, not leave
-	out := o.Run(t, 2*time.Minute, "/usr/bin/apt-get", "install", "-y", "-o", "Acquire::http::Proxy=http://127.0.0.1:9",
-		"-o", "Acquire::https::Proxy=http://127.0.0.1:9", in)
+	out := o.Run(t, 2*time.Minute, "/usr/bin/apt-get", append([]string{"install", "-y", "-o", "Acquire::http::Proxy=http://127.0.0.1:9",
+		"-o", "Acquire::https::Proxy=http://127.0.0.1:9", in}, opts...)...)
 	require.Contains(t, out, "let user zabbix read and write haproxy's admin socket", "postinst states the haproxy socket's need")
 }
 
