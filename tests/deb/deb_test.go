@@ -207,6 +207,7 @@ func testInstalled(t *testing.T, o *chroot.Overlay, env *services, d debs) {
 	// the plugin dies: the agent ends; Debian's unit would leave it down, the drop-in restarts it
 	plugin := pluginPid(t, o, a.pid)
 	require.Equal(t, zabbix.uid, procUID(t, plugin), "the plugin runs as zabbix")
+	t.Logf("the plugin's resident memory after the queries: %d kB (Plugins.KVM.MemoryLimit default: 256 MiB)", statusField(plugin, "VmRSS"))
 	require.NoError(t, syscall.Kill(plugin, syscall.SIGKILL))
 	exit := a.wait(t, 30*time.Second)
 	t.Logf("SIGKILL to the plugin (pid %d): zabbix_agent2 ended with %s", plugin, exit)
