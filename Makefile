@@ -70,10 +70,13 @@ demo: deps-demo
 
 # The Debian package zabbix-agent2-plugin-kvm_<version>_amd64.deb (packaging/deb/build.sh; version
 # from git describe, or DEB_VERSION=…) into DEB_OUT, checked by lintian: errors fail the build.
-# The binary is position-independent, as Debian builds its own.
+# The binary is built as Debian builds its own: position-independent, the cgo part with
+# dpkg-buildflags' hardening (stack protector, fortify, relro, bindnow).
 DEB_OUT ?= .
 deb: deps-deb
-	$(GO) build -buildmode=pie -ldflags "-X main.Version=$(VERSION)" -o $(DEB_OUT)/$(BIN).deb-bin .
+	export DEB_BUILD_MAINT_OPTIONS=hardening=+all; \
+	CGO_CFLAGS="$$(dpkg-buildflags --get CFLAGS) $$(dpkg-buildflags --get CPPFLAGS)" CGO_LDFLAGS="$$(dpkg-buildflags --get LDFLAGS)" \
+		$(GO) build -buildmode=pie -ldflags "-X main.Version=$(VERSION)" -o $(DEB_OUT)/$(BIN).deb-bin .
 	set -e; deb=$$(bash packaging/deb/build.sh $(DEB_OUT)/$(BIN).deb-bin $(DEB_OUT)); rm -f $(DEB_OUT)/$(BIN).deb-bin; \
 		echo "built $$deb"; lintian --fail-on error --suppress-tags-from-file packaging/deb/lintian-suppressed "$$deb"
 
