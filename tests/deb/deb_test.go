@@ -175,8 +175,9 @@ func testInstalled(t *testing.T, o *chroot.Overlay, env *services, d debs) {
 	require.NoError(t, err)
 	require.Contains(t, string(conf), "\nPlugins.KVM.System.Path="+binPath+"\n")
 
-	// The admin's steps (README, Install): libvirt's socket for group libvirt, haproxy's for group
-	// haproxy; kvm.conf pointed at both, actions on for the test domain.
+	// The sockets as a hypervisor has them: libvirtd's for group libvirt (libvirt-daemon-system's
+	// unix_sock_group), haproxy's for group haproxy (the stats socket line README, Install, gives);
+	// kvm.conf pointed at both, actions on for the test domain, as the admin edits it.
 	share(t, env.libvirtSock, lookupGroup(t, o, "libvirt"))
 	share(t, env.hSock, lookupGroup(t, o, "haproxy"))
 	edited := editConf(t, string(conf), map[string]string{
