@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -68,7 +69,8 @@ func (o *Overlay) Command(ctx context.Context, prog string, args ...string) *exe
 	cmd.Dir = "/"
 	cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "LANG=C.UTF-8",
 		"DEBIAN_FRONTEND=noninteractive"}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Chroot: o.Dir, Setpgid: true}
+	// Pdeathsig: a killed test takes what it ran in the overlay along (Exclusive clears the rest)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Chroot: o.Dir, Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmd.WaitDelay = 5 * time.Second
 	return cmd
 }
@@ -124,4 +126,91 @@ func (o *Overlay) close(t testing.TB) {
 			}
 		}
 	}
+}
+
+// Exclusive gives the calling test the overlays of lower to itself until it ends: it takes the
+// machine-wide lock /run/kvm-overlay-<root name>.lock (flock: the kernel drops it however the test
+// dies), then clears what a killed run left behind: the processes still inside an overlay of
+// lower, the overlay's mounts and its directories. Holding the lock, nothing else can be using them.
+func Exclusive(t testing.TB, lower string) {
+	t.Helper()
+	path := "/run/kvm-overlay-" + filepath.Base(lower) + ".lock"
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		t.Fatalf("chroot: %v", err)
+	}
+	got := make(chan error, 1)
+	go func() { got <- syscall.Flock(int(f.Fd()), syscall.LOCK_EX) }()
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatalf("chroot: lock %s: %v", path, err)
+		}
+	case <-time.After(10 * time.Minute):
+		// the flock cannot be interrupted: f stays open so its fd is not reused under it
+		t.Fatalf("chroot: %s still held after 10 minutes by another run", path)
+	}
+	t.Cleanup(func() { f.Close() })
+	for _, left := range overlaysOf(t, lower) {
+		t.Logf("chroot: clearing the overlay a killed run left at %s", left.Dir)
+		left.close(t)
+		// NewOverlay's layout: <tmp>/{root,upper,work}
+		if tmp := filepath.Dir(left.Dir); filepath.Base(left.Dir) == "root" {
+			if err := os.RemoveAll(tmp); err != nil {
+				t.Errorf("chroot: remove %s: %v", tmp, err)
+			}
+			_ = os.Remove(filepath.Dir(tmp)) // go test's directory for the test, if nothing else is left in it
+		}
+	}
+}
+
+// overlaysOf reads the mount table for overlays whose lower layer is lower, with the mounts below
+// each, in the order they were made.
+func overlaysOf(t testing.TB, lower string) []*Overlay {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatalf("chroot: %v", err)
+	}
+	var out []*Overlay
+	var points []string
+	for _, l := range strings.Split(string(b), "\n") {
+		pre, post, ok := strings.Cut(l, " - ")
+		f, g := strings.Fields(pre), strings.Fields(post)
+		if !ok || len(f) < 5 || len(g) < 3 {
+			continue
+		}
+		point := unescapeMount(f[4])
+		points = append(points, point)
+		if g[0] == "overlay" && slices.Contains(strings.Split(g[2], ","), "lowerdir="+lower) {
+			out = append(out, &Overlay{Dir: point})
+		}
+	}
+	for _, o := range out {
+		for _, p := range points {
+			if p == o.Dir || strings.HasPrefix(p, o.Dir+"/") {
+				o.mounts = append(o.mounts, p)
+			}
+		}
+	}
+	return out
+}
+
+// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+4 <= len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }

@@ -48,6 +48,7 @@ const (
 func TestPackage(t *testing.T) {
 	harness.RequireRoot(t)
 	lower := chroot.Path(t, "deb-bookworm")
+	chroot.Exclusive(t, lower)
 	debs := buildDebs(t)
 	env := startServices(t)
 	for _, v := range []struct {
