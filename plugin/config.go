@@ -200,10 +200,10 @@ var options = []option{
 	{"Actions.EvidenceKeep", "10", "1-1000", "Evidence directories (console screenshot, serial log tail, diagnosis) kept per domain under StateDir/evidence/.", intRange(1, 1000, func(c *Config, n int) { c.EvidenceKeep = n })},
 	{"StateDir", "/var/lib/zabbix-agent2-plugin-kvm", "", "Directory for per-domain locks and rate-limit state, shared by the plugin and the CLI.", absPath(func(c *Config, v string) { c.StateDir = v })},
 	{"AuditLog", "/var/log/zabbix/kvm-actions.log", "", "File that gets one JSON line per action attempt.", absPath(func(c *Config, v string) { c.AuditLog = v })},
-	{"Push.Server", "", "", "host:port of the Zabbix server or proxy trapper that gets haproxy server state changes at once. Empty: no push.", func(c *Config, v string) error {
-		if v != "" {
-			if _, _, err := net.SplitHostPort(v); err != nil {
-				return fmt.Errorf("must be host:port")
+	{"Push.Server", "", "", "host:port of the Zabbix server or proxy trapper that gets haproxy server state changes at once; for a 7.0 proxy group, its proxies separated by ';' (values go to the one that monitors this host: the others redirect, a lost one is skipped). Empty: no push.", func(c *Config, v string) error {
+		for _, a := range strings.FieldsFunc(v, func(r rune) bool { return r == ';' || r == ',' }) {
+			if _, _, err := net.SplitHostPort(strings.TrimSpace(a)); err != nil {
+				return fmt.Errorf("%q must be host:port", strings.TrimSpace(a))
 			}
 		}
 		c.PushServer = v

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the build, the demo and the tests need on Debian 12, idempotently, as root.
-# Usage: scripts/deps.sh [build|agents|qemu|haproxy|zabbix|trixie|deb|debroot|all]...
+# Usage: scripts/deps.sh [build|agents|qemu|haproxy|zabbix|trixie|proxy|deb|debroot|all]...
 # Agent binaries go to $KVM_CACHE (default /var/cache/zabbix-agent2-plugin-kvm), outside the repo,
 # so that 6.0 and 7.0 run side by side.
 set -euo pipefail
@@ -151,6 +151,22 @@ trixie() {
     { tail -20 "$CACHE/root/trixie-install.log" >&2; exit 1; }
 }
 
+# proxy: zabbix_proxy 7.0 (SQLite) unpacked in $CACHE/proxy-7.0, for the fleet's proxy group; its
+# libraries are the server's, plus SQLite's.
+proxy() {
+  zabbix
+  install libsqlite3-0 sqlite3
+  local dir=$CACHE/proxy-7.0
+  [ -x "$dir/usr/sbin/zabbix_proxy" ] && return 0
+  local v tmp
+  v=$(apt-cache madison zabbix-proxy-sqlite3 | awk -F'|' '/bookworm-backports/{gsub(/ /,"",$2); print $2; exit}')
+  [ -n "$v" ] || { log "no zabbix-proxy-sqlite3 in bookworm-backports"; exit 1; }
+  tmp=$(mktemp -d); chmod 755 "$tmp"; mkdir -p "$dir"
+  log "fetching zabbix-proxy-sqlite3 $v"
+  (cd "$tmp" && apt-get download -qq "zabbix-proxy-sqlite3=$v" && dpkg -x zabbix-proxy-sqlite3_*.deb "$dir")
+  rm -rf "$tmp"
+}
+
 # deb: what `make deb` needs beside the build: dpkg-shlibdeps and lintian.
 deb() { install dpkg-dev lintian; }
 
@@ -174,8 +190,8 @@ need_root; no_daemons
 [ $# -gt 0 ] || set -- all
 for what in "$@"; do
   case $what in
-    build|agents|qemu|haproxy|zabbix|trixie|deb|debroot) $what ;;
-    all) build; agents; qemu; haproxy; zabbix; trixie; deb; debroot ;;
-    *) log "unknown target $what (build|agents|qemu|haproxy|zabbix|trixie|deb|debroot|all)"; exit 2 ;;
+    build|agents|qemu|haproxy|zabbix|trixie|proxy|deb|debroot) $what ;;
+    all) build; agents; qemu; haproxy; zabbix; trixie; proxy; deb; debroot ;;
+    *) log "unknown target $what (build|agents|qemu|haproxy|zabbix|trixie|proxy|deb|debroot|all)"; exit 2 ;;
   esac
 done
