@@ -53,6 +53,8 @@ type Config struct {
 	PushServer         string
 	PushHost           string
 	PushInterval       time.Duration
+	// MemoryLimit is the Go runtime's soft memory limit in bytes for the plugin process (0: none).
+	MemoryLimit int64
 }
 
 // option describes one Plugins.KVM.* setting: its default, how it is parsed and checked, and the
@@ -209,6 +211,7 @@ var options = []option{
 	}},
 	{"Push.Host", "", "", "Zabbix host name of this hypervisor, for pushed values (required with Push.Server).", func(c *Config, v string) error { c.PushHost = v; return nil }},
 	{"Push.Interval", "1", "1-60", "Seconds between haproxy state reads for the push.", intRange(1, 60, func(c *Config, n int) { c.PushInterval = time.Duration(n) * time.Second })},
+	{"MemoryLimit", "256", "0-65536", "Soft memory limit of the plugin process in MiB (Go's GOMEMLIMIT, set by the plugin; it wins over the environment's): near it the garbage collector works harder, so the plugin slows down before the kernel's OOM killer ends it, and with it zabbix_agent2 (see README, Install). 0: no limit. The CLI ignores it.", intRange(0, 65536, func(c *Config, n int) { c.MemoryLimit = int64(n) << 20 })},
 }
 
 // ParseOptions builds a Config from flat options (as conf.Flatten returns them). Every problem is

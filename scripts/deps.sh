@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the build, the demo and the tests need on Debian 12, idempotently, as root.
-# Usage: scripts/deps.sh [build|agents|qemu|haproxy|zabbix|trixie|proxy|all]...
+# Usage: scripts/deps.sh [build|agents|qemu|haproxy|zabbix|trixie|proxy|deb|debroot|all]...
 # Agent binaries go to $KVM_CACHE (default /var/cache/zabbix-agent2-plugin-kvm), outside the repo,
 # so that 6.0 and 7.0 run side by side.
 set -euo pipefail
@@ -116,18 +116,19 @@ zabbix() {
   fi
 }
 
-# root SUITE: a minimal Debian root of SUITE in $CACHE/root/SUITE, made by debootstrap from the machine's
-# mirror (bookworm gets bookworm-backports beside it). Tests never change it: they run its programs
-# through its own loader (tests/chroot) or overlay it for a throwaway install.
+# root SUITE [NAME]: a minimal Debian root of SUITE in $CACHE/root/NAME (default SUITE), made by
+# debootstrap from the machine's mirror (bookworm gets bookworm-backports beside it). Tests never
+# change it: they run its programs through its own loader (tests/chroot) or overlay it for a throwaway
+# install.
 root() {
-  local suite=$1 dir=$CACHE/root/$1 m
+  local suite=$1 dir=$CACHE/root/${2:-$1} m
   [ -e "$dir/.complete" ] && return 0
   install debootstrap
   m=$(mirror)
   mkdir -p "$CACHE/root"; rm -rf "$dir.tmp"
   log "debootstrap $suite (a few minutes)"
-  debootstrap --variant=minbase "$suite" "$dir.tmp" "$m" >"$CACHE/root/$suite.log" 2>&1 ||
-    { log "debootstrap $suite failed: see $CACHE/root/$suite.log"; exit 1; }
+  debootstrap --variant=minbase "$suite" "$dir.tmp" "$m" >"$dir.log" 2>&1 ||
+    { log "debootstrap $suite failed: see $dir.log"; exit 1; }
   [ "$suite" != bookworm ] || echo "deb $m bookworm-backports main" >"$dir.tmp/etc/apt/sources.list.d/backports.list"
   printf '#!/bin/sh\nexit 101\n' >"$dir.tmp/usr/sbin/policy-rc.d"; chmod +x "$dir.tmp/usr/sbin/policy-rc.d"
   chroot "$dir.tmp" apt-get update -qq
@@ -166,12 +167,31 @@ proxy() {
   rm -rf "$tmp"
 }
 
+# deb: what `make deb` needs beside the build: dpkg-shlibdeps and lintian.
+deb() { install dpkg-dev lintian; }
+
+# debroot: the package's install test (tests/deb) overlays this bookworm root, a root of its own so
+# that no other target's installs change what "a fresh Debian 12" means there, and installs offline
+# from its apt cache (downloaded here, since tests never dial out): zabbix-agent2 6.0 (bookworm) and
+# 7.0 (bookworm-backports) and libvirt0, each with its dependencies and recommendations (what apt
+# installs for a user).
+debroot() {
+  local dir=$CACHE/root/deb-bookworm
+  root bookworm deb-bookworm
+  [ -e "$dir/.apt-cache-complete" ] && return 0
+  log "downloading zabbix-agent2 6.0 and 7.0 and libvirt0 into the deb-bookworm root's apt cache"
+  { in_root deb-bookworm apt-get install -y -qq --download-only zabbix-agent2 libvirt0 &&
+    in_root deb-bookworm apt-get install -y -qq --download-only -t bookworm-backports zabbix-agent2; } \
+    >"$dir.download.log" 2>&1 || { tail -20 "$dir.download.log" >&2; exit 1; }
+  touch "$dir/.apt-cache-complete"
+}
+
 need_root; no_daemons
 [ $# -gt 0 ] || set -- all
 for what in "$@"; do
   case $what in
-    build|agents|qemu|haproxy|zabbix|trixie|proxy) $what ;;
-    all) build; agents; qemu; haproxy; zabbix; trixie; proxy ;;
-    *) log "unknown target $what (build|agents|qemu|haproxy|zabbix|trixie|proxy|all)"; exit 2 ;;
+    build|agents|qemu|haproxy|zabbix|trixie|proxy|deb|debroot) $what ;;
+    all) build; agents; qemu; haproxy; zabbix; trixie; proxy; deb; debroot ;;
+    *) log "unknown target $what (build|agents|qemu|haproxy|zabbix|trixie|proxy|deb|debroot|all)"; exit 2 ;;
   esac
 done
