@@ -7,7 +7,7 @@ GO ?= go
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 export GOFLAGS ?= -buildvcs=false
 
-.PHONY: all build deb deps deps-demo deps-deb test test-unit test-e2e bench bench-e2e demo conf fuzz vet lint clean
+.PHONY: all build deb deps deps-demo deps-deb test test-unit test-e2e bench bench-e2e bench-fleet demo conf fuzz vet lint clean
 
 all: build
 
@@ -61,6 +61,14 @@ bench-e2e: deps
 	$(MAKE) build
 	bash scripts/bench.sh e2e
 
+# What a fleet costs (tests/fleet): FLEET=NxG simulated hypervisors (agent 7.0 + plugin, haproxy, G
+# guests each) behind a Zabbix 7.0 server and a proxy group of two proxies; prints a table.
+FLEET ?= 100x30
+bench-fleet: deps
+	$(MAKE) build
+	set -o pipefail; FLEET=$(FLEET) $(GO) test -count=1 -timeout 150m -tags integration -run '^$$' -bench Fleet -benchtime 1x \
+		./tests/fleet/ 2>&1 | tee bench-fleet.out
+
 # The main job, narrated (tests/demo): real zabbix_agent2 7.0/6.0 with the plugin on libvirt's test
 # driver (served by a libvirtd the demo starts), a real haproxy whose servers are named after the test
 # domains; one guest's service dies, the plugin reports and pushes it, recover heals it, a hold refuses.
@@ -88,4 +96,4 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzRead -fuzztime 30s ./plugin/sdk/comms/
 
 clean:
-	rm -f $(BIN) $(BIN).deb-bin $(BIN)_*.deb test.out test-e2e.out
+	rm -f $(BIN) $(BIN).deb-bin $(BIN)_*.deb test.out test-e2e.out bench-fleet.out

@@ -60,6 +60,7 @@ func cliZabbix(env *cliEnv, args []string) int {
 	fs.StringVar(&o.HypervisorHost, "hypervisor", "", "create (if missing) and link this hypervisor host to the hypervisor template")
 	fs.StringVar(&o.HypervisorIP, "hypervisor-ip", "", "agent address of --hypervisor, the address its pushes must come from (default 127.0.0.1 for a new host)")
 	fs.IntVar(&o.HypervisorPort, "hypervisor-port", 0, "agent port of --hypervisor (default 10050 for a new host)")
+	fs.StringVar(&o.ProxyGroup, "proxy-group", "", "existing proxy group (Zabbix 7.0+) that monitors --hypervisor and its guests")
 	if err := fs.Parse(args[1:]); err != nil {
 		if err == flag.ErrHelp {
 			return 0

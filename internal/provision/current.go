@@ -22,6 +22,8 @@ type current struct {
 	// macros holds each imported template's own macros (absent: not imported yet).
 	macros map[string][]macro
 	userID string
+	// proxyGroupID is the id of --proxy-group.
+	proxyGroupID string
 }
 
 type emailSettings struct {
@@ -45,7 +47,7 @@ func (s *setup) read(ctx context.Context) (*current, error) {
 	if err := s.api.Call(ctx, "authentication.get", map[string]any{"output": "extend"}, nil); err != nil {
 		return nil, fmt.Errorf("zabbix setup: the API user must be a Super admin (media types, user groups, scripts, actions): %w", err)
 	}
-	for _, step := range []func(context.Context, *current) error{s.readMediaTypes, s.readScripts, s.readTemplates, s.readUser} {
+	for _, step := range []func(context.Context, *current) error{s.readMediaTypes, s.readScripts, s.readTemplates, s.readUser, s.readProxyGroup} {
 		if err := step(ctx, cur); err != nil {
 			return nil, err
 		}
@@ -276,4 +278,27 @@ func parseZabbixDuration(v string) (time.Duration, error) {
 	}
 	unit := map[string]time.Duration{"": time.Second, "s": time.Second, "m": time.Minute, "h": time.Hour, "d": 24 * time.Hour, "w": 7 * 24 * time.Hour}[m[2]]
 	return time.Duration(n) * unit, nil
+}
+
+// readProxyGroup checks that --proxy-group exists, on a server that has proxy groups (7.0+).
+func (s *setup) readProxyGroup(ctx context.Context, cur *current) error {
+	if s.o.ProxyGroup == "" {
+		return nil
+	}
+	if ok, err := s.api.AtLeast(ctx, 7, 0); err != nil {
+		return err
+	} else if !ok {
+		return fmt.Errorf("zabbix setup: proxy-group %q: proxy groups need Zabbix 7.0 or newer", s.o.ProxyGroup)
+	}
+	var got []struct {
+		ID string `json:"proxy_groupid"`
+	}
+	if err := s.api.Call(ctx, "proxygroup.get", map[string]any{"output": []string{"proxy_groupid"}, "filter": map[string]any{"name": s.o.ProxyGroup}}, &got); err != nil {
+		return fmt.Errorf("zabbix setup: find proxy group %q: %w", s.o.ProxyGroup, err)
+	}
+	if len(got) != 1 {
+		return fmt.Errorf("zabbix setup: proxy-group %q: no such proxy group (create it and its proxies first, under Administration → Proxy groups)", s.o.ProxyGroup)
+	}
+	cur.proxyGroupID = got[0].ID
+	return nil
 }

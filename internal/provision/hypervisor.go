@@ -17,8 +17,10 @@ func (s *setup) hypervisor(ctx context.Context) error {
 	tid := s.id("template", templates.Hypervisor)
 	gid := s.id("host group", HypervisorGroup)
 	var got []struct {
-		HostID     string `json:"hostid"`
-		Interfaces []struct {
+		HostID      string `json:"hostid"`
+		MonitoredBy string `json:"monitored_by"`
+		ProxyGroup  string `json:"proxy_groupid"`
+		Interfaces  []struct {
 			InterfaceID string `json:"interfaceid"`
 			Type        string `json:"type"`
 			Main        string `json:"main"`
@@ -29,7 +31,11 @@ func (s *setup) hypervisor(ctx context.Context) error {
 			TemplateID string `json:"templateid"`
 		} `json:"parentTemplates"`
 	}
-	if err := s.api.Call(ctx, "host.get", map[string]any{"output": []string{"hostid"}, "filter": map[string]any{"host": s.o.HypervisorHost},
+	out := []string{"hostid"}
+	if s.cur.proxyGroupID != "" {
+		out = append(out, "monitored_by", "proxy_groupid")
+	}
+	if err := s.api.Call(ctx, "host.get", map[string]any{"output": out, "filter": map[string]any{"host": s.o.HypervisorHost},
 		"selectInterfaces": "extend", "selectParentTemplates": []string{"templateid"}}, &got); err != nil {
 		return fmt.Errorf("zabbix setup: find host %q: %w", s.o.HypervisorHost, err)
 	}
@@ -39,8 +45,12 @@ func (s *setup) hypervisor(ctx context.Context) error {
 		var res struct {
 			HostIDs []string `json:"hostids"`
 		}
-		if err := s.api.Call(ctx, "host.create", map[string]any{"host": s.o.HypervisorHost, "groups": []map[string]any{{"groupid": gid}},
-			"interfaces": []map[string]any{iface}, "templates": []map[string]any{{"templateid": tid}}}, &res); err != nil {
+		params := map[string]any{"host": s.o.HypervisorHost, "groups": []map[string]any{{"groupid": gid}},
+			"interfaces": []map[string]any{iface}, "templates": []map[string]any{{"templateid": tid}}}
+		if s.cur.proxyGroupID != "" {
+			params["monitored_by"], params["proxy_groupid"] = 2, s.cur.proxyGroupID
+		}
+		if err := s.api.Call(ctx, "host.create", params, &res); err != nil {
 			return fmt.Errorf("zabbix setup: create host %q: %w", s.o.HypervisorHost, err)
 		}
 		if len(res.HostIDs) != 1 {
@@ -80,6 +90,12 @@ func (s *setup) hypervisor(ctx context.Context) error {
 	case wantIP != ip || wantPort != port:
 		if err := s.api.Call(ctx, "hostinterface.update", map[string]any{"interfaceid": agentIf, "ip": wantIP, "port": wantPort}, nil); err != nil {
 			return fmt.Errorf("zabbix setup: update agent interface of %q: %w", s.o.HypervisorHost, err)
+		}
+		changed = true
+	}
+	if s.cur.proxyGroupID != "" && (h.MonitoredBy != "2" || h.ProxyGroup != s.cur.proxyGroupID) {
+		if err := s.api.Call(ctx, "host.update", map[string]any{"hostid": h.HostID, "monitored_by": 2, "proxy_groupid": s.cur.proxyGroupID}, nil); err != nil {
+			return fmt.Errorf("zabbix setup: have proxy group %q monitor %q: %w", s.o.ProxyGroup, s.o.HypervisorHost, err)
 		}
 		changed = true
 	}

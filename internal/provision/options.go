@@ -108,6 +108,10 @@ type Options struct {
 	HypervisorHost string
 	HypervisorIP   string // default 127.0.0.1 for a new host
 	HypervisorPort int    // default 10050 for a new host
+	// ProxyGroup, when set (Zabbix 7.0+), names an existing proxy group that monitors
+	// HypervisorHost (and so its discovered guests): the fleet's layout. Left out, the host keeps
+	// what monitors it (the server, for a new host).
+	ProxyGroup string
 
 	// Templates to import; default templates.All().
 	Templates []templates.Template
@@ -150,6 +154,9 @@ func (o *Options) check() error {
 	}
 	if (o.UserEmail != "" || o.UserChat != "" || o.UserPhone != "") && o.User == "" {
 		return errors.New("zabbix setup: user media given without a user (--oncall-user)")
+	}
+	if o.ProxyGroup != "" && o.HypervisorHost == "" {
+		return errors.New("zabbix setup: proxy-group needs --hypervisor (it says what monitors that host)")
 	}
 	if o.Repair < Keep || o.Repair > Off {
 		return fmt.Errorf("zabbix setup: repair %d: want Keep, On or Off", o.Repair)

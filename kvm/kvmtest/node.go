@@ -34,6 +34,16 @@ func Domains(n int) []Domain {
 // NodeURI writes a node XML with the given domains into a temp dir and returns its test:// URI.
 func NodeURI(t testing.TB, doms []Domain) string {
 	t.Helper()
+	path := filepath.Join(t.TempDir(), "node.xml")
+	if err := WriteNode(path, doms); err != nil {
+		t.Fatal(err)
+	}
+	return "test://" + path
+}
+
+// WriteNode writes a node XML with the given domains to path; a connection opened after it sees
+// them (libvirt reads the file at connect).
+func WriteNode(path string, doms []Domain) error {
 	var b strings.Builder
 	b.WriteString("<node>\n<cpu><mhz>2000</mhz><model>x86_64</model><active>4</active><nodes>1</nodes><sockets>1</sockets><cores>4</cores><threads>1</threads></cpu>\n<memory>8388608</memory>\n")
 	for i, d := range doms {
@@ -59,9 +69,5 @@ func NodeURI(t testing.TB, doms []Domain) string {
 			d.Name, uuid, d.Title, meta, (i>>16)&255, (i>>8)&255, i&255, i, d.Name, state)
 	}
 	b.WriteString("</node>\n")
-	path := filepath.Join(t.TempDir(), "node.xml")
-	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return "test://" + path
+	return os.WriteFile(path, []byte(b.String()), 0o644)
 }

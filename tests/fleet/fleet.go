@@ -53,6 +53,8 @@ type Hypervisor struct {
 	Agent   *harness.Agent
 	HAProxy *harness.HAProxy
 	Guests  []*Guest
+	node    string // the test driver's node file
+	doms    []kvmtest.Domain
 }
 
 // Guest is one domain of a hypervisor with its HTTP responder.
@@ -131,8 +133,12 @@ func Start(t testing.TB, o Options) *Fleet {
 			return b.String()
 		})
 		dir := t.TempDir()
+		hv.node, hv.doms = filepath.Join(dir, "node.xml"), doms
+		if err := kvmtest.WriteNode(hv.node, doms); err != nil {
+			t.Fatal(err)
+		}
 		opts := map[string]string{
-			"URI": kvmtest.NodeURI(t, doms), "Timeout": "3", "CacheSeconds": "10",
+			"URI": "test://" + hv.node, "Timeout": "3", "CacheSeconds": "10",
 			"GuestNetworks": "127.2.0.0/16", "HAProxy.Socket": hv.HAProxy.Sock,
 			"StateDir": filepath.Join(dir, "state"), "AuditLog": filepath.Join(dir, "audit.log"),
 			"Push.Server": strings.Join(addrs, ";"), "Push.Host": hv.Name,
@@ -148,8 +154,11 @@ func Start(t testing.TB, o Options) *Fleet {
 	defer cancel()
 	f.SetupStart = time.Now()
 	var err error
+	// zabbix setup with the first hypervisor, as README's fleet section runs it; the others are
+	// created through the API as an admin's script for a hundred hosts would
 	f.Setup, err = provision.Setup(ctx, f.Zabbix.API, provision.Options{PluginPath: bin,
-		SMTPServer: "127.0.0.1", SMTPPort: f.Zabbix.SMTP.Port, User: "Admin", UserEmail: "oncall@example.invalid"})
+		SMTPServer: "127.0.0.1", SMTPPort: f.Zabbix.SMTP.Port, User: "Admin", UserEmail: "oncall@example.invalid",
+		HypervisorHost: f.HVs[0].Name, HypervisorPort: f.HVs[0].Agent.Port, ProxyGroup: "KVM hypervisors"})
 	if err != nil {
 		t.Fatalf("fleet: zabbix setup: %v\n%s", err, f.Setup)
 	}
@@ -158,11 +167,21 @@ func Start(t testing.TB, o Options) *Fleet {
 	if !ok1 || !ok2 {
 		t.Fatalf("fleet: zabbix setup reported no hypervisor template or group:\n%s", f.Setup)
 	}
-	for _, hv := range f.HVs {
-		var macros []map[string]string
-		for m, v := range o.Macros {
-			macros = append(macros, map[string]string{"macro": m, "value": v})
+	var macros []map[string]string
+	for m, v := range o.Macros {
+		macros = append(macros, map[string]string{"macro": m, "value": v})
+	}
+	if first, ok := f.Setup.Find("host", f.HVs[0].Name); ok {
+		f.HVs[0].HostID = first.ID
+		for _, m := range macros {
+			if err := f.Zabbix.API.Call(ctx, "usermacro.create", map[string]any{"hostid": first.ID, "macro": m["macro"], "value": m["value"]}, nil); err != nil {
+				t.Fatalf("fleet: macro %s on %s: %v", m["macro"], f.HVs[0].Name, err)
+			}
 		}
+	} else {
+		t.Fatalf("fleet: zabbix setup reported no host %s:\n%s", f.HVs[0].Name, f.Setup)
+	}
+	for _, hv := range f.HVs[1:] {
 		var res struct {
 			IDs []string `json:"hostids"`
 		}
@@ -229,30 +248,58 @@ func (r *responder) stop() {
 	}
 }
 
-// processCPU is the CPU time (user+system) a process and its waited-for children used, from /proc.
-func processCPU(pid int) (time.Duration, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
+// treeCPU is the CPU time (user+system) used so far by each process tree rooted at roots (a
+// daemon's holder process and everything under it, as read from /proc), and the sum of their
+// resident memory in KiB.
+func treeCPU(roots ...int) (time.Duration, int64) {
+	type proc struct {
+		ppid       int
+		ticks, rss int64
 	}
-	s := string(b)
-	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	var ticks int64
-	for _, i := range []int{11, 12, 13, 14} { // utime stime cutime cstime (fields 14-17)
-		n, err := strconv.ParseInt(fields[i], 10, 64)
+	procs := map[int]proc{}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
-			return 0, err
+			continue
 		}
-		ticks += n
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		st := string(b)
+		f := strings.Fields(st[strings.LastIndexByte(st, ')')+2:])
+		if len(f) < 22 {
+			continue
+		}
+		ppid, _ := strconv.Atoi(f[1])
+		ut, _ := strconv.ParseInt(f[11], 10, 64)
+		stt, _ := strconv.ParseInt(f[12], 10, 64)
+		rss, _ := strconv.ParseInt(f[21], 10, 64)
+		procs[pid] = proc{ppid, ut + stt, rss * int64(os.Getpagesize()) / 1024}
 	}
-	return time.Duration(ticks) * time.Second / 100, nil
+	in := map[int]bool{}
+	for _, r := range roots {
+		in[r] = true
+	}
+	var ticks, rss int64
+	for pid, p := range procs {
+		for q, depth := pid, 0; q > 1 && depth < 32; q, depth = procs[q].ppid, depth+1 {
+			if in[q] {
+				ticks += p.ticks
+				rss += p.rss
+				break
+			}
+		}
+	}
+	return time.Duration(ticks) * time.Second / 100, rss
 }
 
 // Discovery is what WaitDiscovered saw.
 type Discovery struct {
 	Hosts      int           // guest hosts discovered
 	Discovered time.Duration // from zabbix setup's start to every guest host existing
-	Polled     time.Duration // … to every guest host's kvm.domain.get having a value
+	Polled     time.Duration // … to every guest host having values
 }
 
 // WaitDiscovered waits until every guest of the fleet is a Zabbix host (technical name = domain
@@ -293,7 +340,9 @@ func (f *Fleet) WaitDiscovered(t testing.TB, timeout time.Duration) Discovery {
 		return len(hosts) == len(want), fmt.Errorf("%d of %d", len(hosts), len(want))
 	})
 	d.Discovered = time.Since(f.SetupStart)
-	harness.WaitFor(t, timeout, time.Second, "every guest's kvm.domain.get polled, nothing unsupported", func() (bool, error) {
+	// masters keep no history (their lastclock stays 0): a guest counts as polled once any of its
+	// items has a value
+	harness.WaitFor(t, timeout, time.Second, "every guest host polled, nothing unsupported", func() (bool, error) {
 		var items []struct {
 			Host  string `json:"hostid"`
 			Key   string `json:"key_"`
@@ -301,20 +350,19 @@ func (f *Fleet) WaitDiscovered(t testing.TB, timeout time.Duration) Discovery {
 			Clock string `json:"lastclock"`
 			Error string `json:"error"`
 		}
-		if err := call("item.get", map[string]any{"hostids": ids, "output": []string{"hostid", "key_", "state", "lastclock", "error"},
-			"search": map[string]any{"key_": "kvm.domain.get["}, "startSearch": true}, &items); err != nil {
+		if err := call("item.get", map[string]any{"hostids": ids, "output": []string{"hostid", "key_", "state", "lastclock", "error"}}, &items); err != nil {
 			return false, err
 		}
-		polled := 0
+		polled := map[string]bool{}
 		for _, it := range items {
 			if it.State == "1" {
 				return false, fmt.Errorf("%s on host %s unsupported: %s", it.Key, it.Host, it.Error)
 			}
 			if it.Clock != "0" {
-				polled++
+				polled[it.Host] = true
 			}
 		}
-		return polled == len(ids), fmt.Errorf("%d of %d polled", polled, len(ids))
+		return len(polled) == len(ids), fmt.Errorf("%d of %d guest hosts have a value", len(polled), len(ids))
 	})
 	d.Polled = time.Since(f.SetupStart)
 	var bad []struct {
@@ -334,4 +382,32 @@ func (f *Fleet) WaitDiscovered(t testing.TB, timeout time.Duration) Discovery {
 		t.Errorf("unsupported items in the fleet: %+v", bad)
 	}
 	return d
+}
+
+// Migrate moves guest g (same UUID, same name) from one hypervisor's libvirt to another's, as a
+// live migration with --undefinesource would, and restarts both agents so their plugins connect
+// to the new node definitions. Its haproxy server stays where it was.
+func (f *Fleet) Migrate(t testing.TB, g *Guest, from, to *Hypervisor) {
+	t.Helper()
+	var moved *kvmtest.Domain
+	kept := from.doms[:0:0]
+	for i := range from.doms {
+		if from.doms[i].UUID == g.UUID {
+			moved = &from.doms[i]
+		} else {
+			kept = append(kept, from.doms[i])
+		}
+	}
+	if moved == nil {
+		t.Fatalf("fleet: %s is not on %s", g.Name, from.Name)
+	}
+	to.doms = append(to.doms, *moved)
+	from.doms = kept
+	for _, hv := range []*Hypervisor{from, to} {
+		if err := kvmtest.WriteNode(hv.node, hv.doms); err != nil {
+			t.Fatal(err)
+		}
+		hv.Agent.Stop()
+		hv.Agent.Start(t)
+	}
 }

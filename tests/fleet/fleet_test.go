@@ -6,7 +6,7 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -32,13 +32,36 @@ func fleetSize(t testing.TB, def string) (int, int) {
 func TestFleet(t *testing.T) {
 	n, g := fleetSize(t, "3x4")
 	f := Start(t, Options{Hypervisors: n, Guests: g, Macros: map[string]string{
-		"{$KVM.POLL.INTERVAL}": "10s", "{$KVM.DISCOVERY.INTERVAL}": "20s"}})
+		"{$KVM.POLL.INTERVAL}": "10s", "{$KVM.DISCOVERY.INTERVAL}": "20s",
+		// a guest that left a hypervisor is deleted at that hypervisor's next discovery, so the one
+		// it moved to can create it (Zabbix hosts are unique by name; see docs/fleet.md)
+		"{$KVM.LLD.LIFETIME}": "0"}})
 	disc := f.WaitDiscovered(t, 5*time.Minute)
 	t.Logf("fleet %dx%d: every guest host discovered %.1fs after zabbix setup began, every guest's master item polled after %.1fs",
 		n, g, disc.Discovered.Seconds(), disc.Polled.Seconds())
 	if disc.Hosts != n*g {
 		t.Fatalf("%d guest hosts, want %d", disc.Hosts, n*g)
 	}
+
+	// discovered guests are monitored the way their hypervisor is: by the proxy group
+	var gh []struct {
+		Host        string `json:"host"`
+		MonitoredBy string `json:"monitored_by"`
+		Group       string `json:"proxy_groupid"`
+		Assigned    string `json:"assigned_proxyid"`
+	}
+	ctx0, cancel0 := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel0()
+	if err := f.Zabbix.API.Call(ctx0, "host.get", map[string]any{"filter": map[string]any{"host": []string{f.HVs[0].Name, f.HVs[0].Guests[0].UUID}},
+		"output": []string{"host", "monitored_by", "proxy_groupid", "assigned_proxyid"}}, &gh); err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range gh {
+		if h.MonitoredBy != "2" || h.Group != f.GroupID {
+			t.Errorf("host %s is monitored_by %s, proxy group %s; want 2 (proxy group), %s", h.Host, h.MonitoredBy, h.Group, f.GroupID)
+		}
+	}
+	t.Logf("monitoring: %+v", gh)
 
 	// one guest's service dies: haproxy takes it out, the plugin pushes DOWN through the proxy group
 	victim := f.HVs[0].Guests[0]
@@ -58,5 +81,59 @@ func TestFleet(t *testing.T) {
 		return len(items) == 1 && items[0].Last == "DOWN", fmt.Errorf("%+v", items)
 	})
 	t.Logf("%s's service stopped: DOWN on its host through the proxy group after %.1fs", victim.Name, time.Since(stopped).Seconds())
-	_ = strconv.Itoa
+	victim.Start()
+
+	migrate(t, f)
+}
+
+// migrate moves a guest (same UUID) from hv-001 to hv-002 and waits until its one Zabbix host is
+// the one hv-002's discovery made, noting what the server said on the way.
+func migrate(t *testing.T, f *Fleet) {
+	g, from, to := f.HVs[0].Guests[1], f.HVs[0], f.HVs[1]
+	f.Migrate(t, g, from, to)
+	moved := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var seen []string
+	last := ""
+	note := func(s string) {
+		if s != last {
+			seen = append(seen, fmt.Sprintf("+%.0fs %s", time.Since(moved).Seconds(), s))
+			last = s
+		}
+	}
+	harness.WaitFor(t, 4*time.Minute, 2*time.Second, g.Name+"'s host discovered by "+to.Name, func() (bool, error) {
+		var hosts []struct {
+			ID   string `json:"hostid"`
+			Rule struct {
+				HostID string `json:"hostid"`
+			} `json:"discoveryRule"`
+		}
+		if err := f.Zabbix.API.Call(ctx, "host.get", map[string]any{"filter": map[string]any{"host": g.UUID}, "output": []string{"hostid"},
+			"selectDiscoveryRule": []string{"hostid"}}, &hosts); err != nil {
+			return false, err
+		}
+		var rules []struct {
+			Error string `json:"error"`
+		}
+		if err := f.Zabbix.API.Call(ctx, "discoveryrule.get", map[string]any{"hostids": to.HostID, "output": []string{"error"},
+			"filter": map[string]any{"key_": "kvm.domain.discovery"}}, &rules); err != nil {
+			return false, err
+		}
+		owner := "none"
+		if len(hosts) == 1 {
+			owner = map[string]string{from.HostID: from.Name, to.HostID: to.Name}[hosts[0].Rule.HostID]
+		}
+		lld := ""
+		if len(rules) == 1 {
+			lld = rules[0].Error
+		}
+		note(fmt.Sprintf("hosts %d, discovered by %s, %s's discovery error %q", len(hosts), owner, to.Name, lld))
+		if len(hosts) > 1 {
+			return false, harness.Final(fmt.Errorf("%d hosts named %s", len(hosts), g.UUID))
+		}
+		return owner == to.Name, fmt.Errorf("%s", seen[len(seen)-1])
+	})
+	t.Logf("migration of %s (%s) from %s to %s: its host is %s's after %.0fs; on the way: %s",
+		g.Name, g.UUID, from.Name, to.Name, to.Name, time.Since(moved).Seconds(), strings.Join(seen, "; "))
 }

@@ -27,6 +27,7 @@ var targets = []target{
 	{"test-e2e", "all", ""},
 	{"bench", "all", "bench.sh"},
 	{"bench-e2e", "all", "bench.sh"},
+	{"bench-fleet", "all", ""},
 	{"deb", "build deb", "build.sh"},
 }
 

@@ -443,3 +443,17 @@ func (s *Stack) Runtime(ctx context.Context, command string) error {
 	}
 	return nil
 }
+
+// QueryInt runs one SQL query returning a single integer against the stack's database (as zabbix),
+// e.g. a row count for a benchmark.
+func (s *Stack) QueryInt(sql string) (int64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "psql", "-qXtA", "-h", "127.0.0.1", "-p", strconv.Itoa(s.PGPort), "-U", "zabbix", "-d", "zabbix", "-c", sql)
+	cmd.Env = append(os.Environ(), "PGPASSWORD=zabbix")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return 0, fmt.Errorf("psql %q: %w: %s", sql, err, lastLines(string(out), 3))
+	}
+	return strconv.ParseInt(strings.TrimSpace(string(out)), 10, 64)
+}
