@@ -198,7 +198,7 @@ var options = []option{
 	{"Actions.EvidenceKeep", "10", "1-1000", "Evidence directories (console screenshot, serial log tail, diagnosis) kept per domain under StateDir/evidence/.", intRange(1, 1000, func(c *Config, n int) { c.EvidenceKeep = n })},
 	{"StateDir", "/var/lib/zabbix-agent2-plugin-kvm", "", "Directory for per-domain locks and rate-limit state, shared by the plugin and the CLI.", absPath(func(c *Config, v string) { c.StateDir = v })},
 	{"AuditLog", "/var/log/zabbix/kvm-actions.log", "", "File that gets one JSON line per action attempt.", absPath(func(c *Config, v string) { c.AuditLog = v })},
-	{"Push.Server", "", "", "host:port of the Zabbix server or proxy trapper that gets haproxy server state changes at once. Empty: no push.", func(c *Config, v string) error {
+	{"Push.Server", "", "", "host:port of the Zabbix server or proxy trapper that gets, at once, haproxy server state changes (with HAProxy.Socket), libvirt domain events (kvm.domain.event.push) and the ladder's step reports (kvm.domain.ladder.push). Empty: no push.", func(c *Config, v string) error {
 		if v != "" {
 			if _, _, err := net.SplitHostPort(v); err != nil {
 				return fmt.Errorf("must be host:port")
@@ -259,9 +259,6 @@ func ParseOptionsAt(opts map[string]conf.Value, globalTimeout int, where func(na
 	}
 	if c.PushServer != "" && c.PushHost == "" {
 		return nil, fmt.Errorf("invalid option Plugins.%s.Push.Host: required when Push.Server is set", Name)
-	}
-	if c.PushServer != "" && c.HAProxySocket == "" {
-		return nil, fmt.Errorf("invalid option Plugins.%s.Push.Server: needs Plugins.%s.HAProxy.Socket", Name, Name)
 	}
 	return c, nil
 }

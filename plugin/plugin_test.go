@@ -60,7 +60,6 @@ func TestParseOptions(t *testing.T) {
 		{"-uri", opts("URI", "qemu"), "Plugins.KVM.URI", nil},
 		{"-haproxy", opts("HAProxy.Socket", "localhost:9999"), "Plugins.KVM.HAProxy.Socket", nil},
 		{"-push without host", opts("Push.Server", "127.0.0.1:10051", "HAProxy.Socket", "/s"), "Plugins.KVM.Push.Host: required", nil},
-		{"-push without haproxy", opts("Push.Server", "127.0.0.1:10051", "Push.Host", "h"), "needs Plugins.KVM.HAProxy.Socket", nil},
 		{"-push server", opts("Push.Server", "zabbix"), "Plugins.KVM.Push.Server", nil},
 		{"-unknown", opts("Uri", "x", "Foo.Bar", "1"), "unknown option Plugins.KVM.Foo.Bar (line 12), Plugins.KVM.Uri (line 10)", nil},
 	}
