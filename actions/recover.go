@@ -176,7 +176,7 @@ func (j *job) diagnose(rep *Report) *Diagnosis {
 		d = Diagnosis{Domain: j.domain, Verdict: VerdictUnknown, Why: err.Error()}
 	}
 	rep.Diagnosis = &d
-	j.audit.entry.Verdict = d.Verdict
+	j.audit.entry.Verdict, j.audit.entry.Why = d.Verdict, d.Why
 	return &d
 }
 
