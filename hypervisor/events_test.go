@@ -104,11 +104,4 @@ func TestEventPushOnTestDriver(t *testing.T) {
 	t.Logf("event → trapper latency over %d events: p50 %s, max %s", len(lat), lat[len(lat)/2], lat[len(lat)-1])
 	require.Less(t, lat[len(lat)-1], time.Second, "every event reaches the trapper within 1 s")
 
-	// a destroy and a start: the stop is intent (no ladder problem), the start closes both
-	act(func(d *libvirt.Domain) error { return d.Destroy() })
-	v, _, _ = next()
-	require.Equal(t, [3]string{"stopped", "destroyed", ""}, [3]string{v.Kind, v.Reason, *v.Ladder})
-	act(func(d *libvirt.Domain) error { return d.Create() })
-	v, _, _ = next()
-	require.Equal(t, [3]string{"started", "booted", ""}, [3]string{v.Kind, v.Reason, *v.Ladder})
 }
