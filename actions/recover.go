@@ -346,6 +346,8 @@ func (j *job) recoverGate(rep *Report) ([]rung, error) {
 		return []rung{reboot, reset, destroyStart}, nil
 	case before.State == guest.Paused && before.Reason == guest.PausedUser:
 		return nil, fmt.Errorf("%w: domain is %s: paused by an operator; recover never resumes it", ErrHeld, before)
+	case before.State == guest.Paused && before.Reason == guest.PausedIOError:
+		return nil, fmt.Errorf("%w: domain is %s: storage failed; a restart does not fix it, a human must", ErrHeld, before)
 	case before.State == guest.Paused:
 		return []rung{destroyStart}, nil // a paused guest executes nothing; only destroy+start helps
 	}

@@ -43,6 +43,13 @@ type GuestOpts struct {
 	NoKernel bool   // no kernel, no disk: sits in SeaBIOS, ignores ACPI, no agent, no HTTP (ACPI/Agent ignored)
 	Title    string // libvirt <title>
 	Start    bool   // start it now; false leaves it defined and shut off
+	// Panic adds a pvpanic device (ISA, libvirt's default): a kernel panic in the guest (Panic on a
+	// running guest) becomes libvirt's crashed/panicked event; on_crash destroys the guest.
+	Panic bool
+	// FullDisk adds vdb, 16 MiB as the guest sees it, backed by a file on a 1 MiB tmpfs of the
+	// test's own, with error_policy stop: writing it fills the tmpfs and QEMU pauses the guest
+	// on an I/O error (FillDisk), as a full or failed datastore does.
+	FullDisk bool
 }
 
 // Guest is one libvirt domain of the lab, removed (destroy + undefine) when the test that made it ends.
@@ -53,6 +60,8 @@ type Guest struct {
 	idx    int
 	opts   GuestOpts
 	serial string
+
+	fullDisk string // FullDisk's backing file, on a tmpfs of its own
 
 	mu      sync.Mutex
 	started time.Time
@@ -111,6 +120,9 @@ func (l *Lab) Guest(t testing.TB, name string, opts GuestOpts) *Guest {
 			t.Fatal(err)
 		}
 	}
+	if opts.FullDisk && !opts.NoKernel {
+		g.fullDisk = smallTmpfsFile(t, filepath.Join(dir, "fulldisk"))
+	}
 	if err := os.WriteFile(xmlPath, []byte(g.domainXML(disk)), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -160,6 +172,12 @@ func (g *Guest) domainXML(disk string) string {
 	b.WriteString("  <devices>\n    <emulator>/usr/bin/qemu-system-x86_64</emulator>\n")
 	if !g.opts.NoKernel {
 		fmt.Fprintf(&b, "    <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='%s'/><target dev='vda' bus='virtio'/></disk>\n", esc(disk))
+	}
+	if g.fullDisk != "" {
+		fmt.Fprintf(&b, "    <disk type='file' device='disk'><driver name='qemu' type='raw' error_policy='stop' rerror_policy='stop'/><source file='%s'/><target dev='vdb' bus='virtio'/></disk>\n", esc(g.fullDisk))
+	}
+	if g.opts.Panic {
+		b.WriteString("    <panic model='isa'><address type='isa' iobase='0x505'/></panic>\n")
 	}
 	// No option ROM: direct kernel boot does not need iPXE, and the no-kernel guest then simply
 	// finds nothing to boot.
@@ -219,6 +237,58 @@ func (g *Guest) remove() error {
 	delete(l.slots, g.idx)
 	l.mu.Unlock()
 	return err
+}
+
+// smallTmpfsFile mounts a 1 MiB tmpfs on dir (unmounted when the test ends, after the guest is
+// gone) and creates a sparse 16 MiB file on it: a disk that fails with ENOSPC once the guest has
+// written a megabyte.
+func smallTmpfsFile(t testing.TB, dir string) string {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=1m,mode=0755"); err != nil {
+		t.Fatalf("lab: tmpfs for a full disk on %s: %v", dir, err)
+	}
+	// registered before the guest's own cleanup, so it runs after it (cleanups run last first)
+	t.Cleanup(func() {
+		if err := syscall.Unmount(dir, syscall.MNT_DETACH); err != nil {
+			t.Errorf("lab: unmount %s: %v", dir, err)
+		}
+	})
+	f := filepath.Join(dir, "vdb.img")
+	if err := os.WriteFile(f, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(f, 16<<20); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// FillDisk writes FullDisk's vdb from the guest until QEMU pauses the guest on the I/O error. The
+// write never returns in the paused guest, so it is started without waiting for it.
+func (g *Guest) FillDisk(t testing.TB) {
+	t.Helper()
+	if g.fullDisk == "" {
+		t.Fatalf("lab: guest %s has no FullDisk", g.name)
+	}
+	req, _ := json.Marshal(map[string]any{"execute": "guest-exec", "arguments": map[string]any{"path": "/bin/dd",
+		"arg": []string{"if=/dev/zero", "of=/dev/vdb", "bs=64k", "count=64", "oflag=direct"}}})
+	if out, err := g.AgentCommand(string(req), 5*time.Second); err != nil {
+		t.Fatalf("lab: guest %s: fill vdb: %v %s", g.name, err, out)
+	}
+}
+
+// Panic makes the guest's kernel panic (sysrq c through the agent); with Panic, libvirt reports
+// crashed/panicked and destroys the guest (on_crash).
+func (g *Guest) Panic(t testing.TB) {
+	t.Helper()
+	req, _ := json.Marshal(map[string]any{"execute": "guest-exec", "arguments": map[string]any{"path": "/bin/sh",
+		"arg": []string{"-c", "echo c > /proc/sysrq-trigger"}}})
+	if out, err := g.AgentCommand(string(req), 5*time.Second); err != nil {
+		t.Fatalf("lab: guest %s: panic: %v %s", g.name, err, out)
+	}
 }
 
 // Name is the libvirt domain name.
