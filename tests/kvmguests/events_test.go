@@ -5,6 +5,10 @@ package kvmguests
 import (
 	"context"
 	"encoding/json"
+	"image/color"
+	"image/png"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -156,4 +160,55 @@ func TestEventsPanicAndIOErrorPause(t *testing.T) {
 	require.Equal(t, "paused", full.State(t), "nothing restarted it")
 	lv, _ = await(t, got, t1, full.UUID(), "kvm.domain.ladder.push", func(v plugin.LadderValue) bool { return v.Verb == "repair" })
 	require.Equal(t, [2]string{"held", "io-error"}, [2]string{lv.Outcome, lv.Verdict})
+}
+
+// A forced step on a guest whose OS hangs (every process stopped; QEMU and the kernel run) keeps
+// the evidence first: a console picture that is not blank, the serial console's tail, the
+// diagnosis; the report says how long saving it took.
+func TestEvidenceOfAnOSHang(t *testing.T) {
+	l := lab.Get(t)
+	g := l.Guest(t, "kvmt-ev-hung", lab.GuestOpts{Start: true, Agent: true, Video: true})
+	g.WaitAgent(t, 90*time.Second)
+	dir := t.TempDir()
+	o := map[string]conf.Value{}
+	for k, v := range map[string]string{"URI": l.URI(), "Timeout": "5", "Actions.Enable": "1",
+		"Actions.AllowDomains": "kvmt-ev-.*", "StateDir": dir + "/state", "AuditLog": dir + "/audit.log"} {
+		o[k] = conf.Value{Value: v}
+	}
+	cfg, err := plugin.ParseOptions(o, 3)
+	require.NoError(t, err)
+	h, err := hypervisor.New(cfg, nil)
+	require.NoError(t, err)
+	t.Cleanup(h.Close)
+	a, err := h.Actor("cli:lab", false)
+	require.NoError(t, err)
+
+	g.HangOS(t)
+	rep, err := a.ForcedRestart(context.Background(), g.Name())
+	require.NoError(t, err, "%+v", rep)
+	require.NotNil(t, rep.Diagnosis)
+	require.Contains(t, rep.Diagnosis.Signals.Agent, "silent")
+	require.NotEmpty(t, rep.Evidence)
+	t.Logf("forced-restart of an OS hang: verdict %s (%s); evidence %s saved in %s of a %s step",
+		rep.Diagnosis.Verdict, rep.Diagnosis.Why, rep.Evidence, rep.EvidenceDuration, rep.Duration)
+
+	f, err := os.Open(filepath.Join(rep.Evidence, "screenshot.png"))
+	require.NoError(t, err)
+	defer f.Close()
+	img, err := png.Decode(f)
+	require.NoError(t, err)
+	colours := map[color.RGBA]bool{}
+	b := img.Bounds()
+	for y := b.Min.Y; y < b.Max.Y; y += 2 {
+		for x := b.Min.X; x < b.Max.X; x += 2 {
+			r, gg, bb, _ := img.At(x, y).RGBA()
+			colours[color.RGBA{uint8(r >> 8), uint8(gg >> 8), uint8(bb >> 8), 255}] = true
+		}
+	}
+	require.Greater(t, len(colours), 1, "the console picture is not blank (%dx%d)", b.Dx(), b.Dy())
+	serial, err := os.ReadFile(filepath.Join(rep.Evidence, "serial.log"))
+	require.NoError(t, err)
+	require.Contains(t, string(serial), lab.ReadyMarker, "the serial tail holds the guest's boot")
+	_, err = os.Stat(filepath.Join(rep.Evidence, "diagnosis.json"))
+	require.NoError(t, err)
 }

@@ -50,6 +50,8 @@ type GuestOpts struct {
 	// test's own, with error_policy stop: writing it fills the tmpfs and QEMU pauses the guest
 	// on an I/O error (FillDisk), as a full or failed datastore does.
 	FullDisk bool
+	// Video adds a VGA card (the lab's guests have none): what a console screenshot needs.
+	Video bool
 }
 
 // Guest is one libvirt domain of the lab, removed (destroy + undefine) when the test that made it ends.
@@ -176,6 +178,9 @@ func (g *Guest) domainXML(disk string) string {
 	if g.fullDisk != "" {
 		fmt.Fprintf(&b, "    <disk type='file' device='disk'><driver name='qemu' type='raw' error_policy='stop' rerror_policy='stop'/><source file='%s'/><target dev='vdb' bus='virtio'/></disk>\n", esc(g.fullDisk))
 	}
+	if g.opts.Video {
+		b.WriteString("    <video><model type='vga'/></video>\n")
+	}
 	if g.opts.Panic {
 		b.WriteString("    <panic model='isa'><address type='isa' iobase='0x505'/></panic>\n")
 	}
@@ -288,6 +293,17 @@ func (g *Guest) Panic(t testing.TB) {
 		"arg": []string{"-c", "echo c > /proc/sysrq-trigger"}}})
 	if out, err := g.AgentCommand(string(req), 5*time.Second); err != nil {
 		t.Fatalf("lab: guest %s: panic: %v %s", g.name, err, out)
+	}
+}
+
+// HangOS stops every process of the guest but init (kill -STOP -1 through the agent): the kernel
+// runs, QEMU answers its monitor, the agent and the services are silent: an OS hang.
+func (g *Guest) HangOS(t testing.TB) {
+	t.Helper()
+	req, _ := json.Marshal(map[string]any{"execute": "guest-exec", "arguments": map[string]any{"path": "/bin/kill",
+		"arg": []string{"-STOP", "-1"}}})
+	if out, err := g.AgentCommand(string(req), 5*time.Second); err != nil {
+		t.Fatalf("lab: guest %s: hang: %v %s", g.name, err, out)
 	}
 }
 
