@@ -45,6 +45,9 @@ var (
 
 // New builds the connections for cfg. Nothing is dialled until the first call.
 func New(cfg *plugin.Config, log plugin.Logger) (*Hypervisor, error) {
+	if log == nil {
+		log = quiet{}
+	}
 	conn := kvm.NewConn(cfg.URI, cfg.Timeout, kvm.DefaultWorkers)
 	h := &Hypervisor{Cfg: cfg, Conn: conn, log: log,
 		Stats: kvm.NewCache(conn, time.Duration(cfg.CacheSeconds)*time.Second),
@@ -52,9 +55,7 @@ func New(cfg *plugin.Config, log plugin.Logger) (*Hypervisor, error) {
 	// two domains claiming one address is an operator's mistake or a guest lying: neither gets the
 	// address for pushes, pool mapping or checks until it is resolved, and the agent log says why
 	h.Inv.OnConflict(func(c kvm.Conflict) {
-		if log != nil {
-			log.Warningf("address conflict: %s", c)
-		}
+		log.Warningf("address conflict: %s", c)
 	})
 	if cfg.HAProxySocket != "" {
 		c, err := haproxy.New(cfg.HAProxySocket, cfg.Timeout)
@@ -67,6 +68,14 @@ func New(cfg *plugin.Config, log plugin.Logger) (*Hypervisor, error) {
 	}
 	return h, nil
 }
+
+// quiet is the Logger of a Hypervisor built without one.
+type quiet struct{}
+
+func (quiet) Debugf(string, ...any)   {}
+func (quiet) Infof(string, ...any)    {}
+func (quiet) Warningf(string, ...any) {}
+func (quiet) Errf(string, ...any)     {}
 
 // Open is the plugin's Opener: the dependencies of cfg, acting as caller.
 func Open(cfg *plugin.Config, caller string, log plugin.Logger) (*plugin.Deps, error) {
@@ -163,7 +172,7 @@ func (h *Hypervisor) pushLadder(e actions.AuditEntry) {
 			Duration: time.Duration(e.Duration).Seconds(), AuditID: e.ID}
 		err = plugin.PushLadder(ctx, h.Cfg, uuid, v)
 	}
-	if err != nil && h.log != nil {
+	if err != nil {
 		h.log.Warningf("ladder push of %s %s (audit %s): %v", e.Verb, e.Domain, e.ID, err)
 	}
 }

@@ -160,9 +160,12 @@ frontend static
 	return b.String()
 }
 
+// envTweak changes the plugin's options or zabbix setup's before they are used (tests/e2e/events_test.go).
+type envTweak func(plugin map[string]string, setup *provision.Options)
+
 // startEnv brings up the whole scenario and returns once every guest is a Zabbix host with the
 // guest template linked and its items polled.
-func startEnv(t testing.TB, specs []guestSpec) *env {
+func startEnv(t testing.TB, specs []guestSpec, tweaks ...envTweak) *env {
 	t.Helper()
 	harness.RequireRoot(t)
 	t0 := time.Now()
@@ -229,6 +232,16 @@ func startEnv(t testing.TB, specs []guestSpec) *env {
 		"Push.Host":                hypervisor,
 		"Push.Interval":            "1",
 	}
+	setupOpts := provision.Options{
+		PluginPath: e.bin, ConfigFile: e.kvmConf,
+		SMTPServer: "127.0.0.1", SMTPPort: e.zbx.SMTP.Port, SMTPFrom: mailFrom,
+		User: "Admin", UserEmail: oncall,
+		GentleAfter: gentleAfter, ForcedAfter: forcedAfter, PageAfter: pageAfter,
+		HypervisorHost: hypervisor, HypervisorIP: "127.0.0.1",
+	}
+	for _, tw := range tweaks {
+		tw(opts, &setupOpts)
+	}
 	keys := make([]string, 0, len(opts))
 	for k := range opts {
 		keys = append(keys, k)
@@ -257,13 +270,8 @@ func startEnv(t testing.TB, specs []guestSpec) *env {
 
 	ctx, cancel := ctxT(3 * time.Minute)
 	defer cancel()
-	e.rep, err = provision.Setup(ctx, e.zbx.API, provision.Options{
-		PluginPath: e.bin, ConfigFile: e.kvmConf,
-		SMTPServer: "127.0.0.1", SMTPPort: e.zbx.SMTP.Port, SMTPFrom: mailFrom,
-		User: "Admin", UserEmail: oncall,
-		GentleAfter: gentleAfter, ForcedAfter: forcedAfter, PageAfter: pageAfter,
-		HypervisorHost: hypervisor, HypervisorIP: "127.0.0.1", HypervisorPort: e.agent.Port,
-	})
+	setupOpts.HypervisorPort = e.agent.Port
+	e.rep, err = provision.Setup(ctx, e.zbx.API, setupOpts)
 	if err != nil {
 		t.Fatalf("zabbix setup: %v\n%s", err, e.rep)
 	}
