@@ -278,10 +278,15 @@ func (g *Guest) FillDisk(t testing.TB) {
 	if g.fullDisk == "" {
 		t.Fatalf("lab: guest %s has no FullDisk", g.name)
 	}
-	req, _ := json.Marshal(map[string]any{"execute": "guest-exec", "arguments": map[string]any{"path": "/bin/dd",
-		"arg": []string{"if=/dev/zero", "of=/dev/vdb", "bs=64k", "count=64", "oflag=direct"}}})
+	g.spawn(t, "fill vdb", "/bin/dd", "if=/dev/zero", "of=/dev/vdb", "bs=64k", "count=64", "oflag=direct")
+}
+
+// spawn starts path in the guest through the agent (guest-exec) and does not wait for it.
+func (g *Guest) spawn(t testing.TB, what, path string, args ...string) {
+	t.Helper()
+	req, _ := json.Marshal(map[string]any{"execute": "guest-exec", "arguments": map[string]any{"path": path, "arg": args}})
 	if out, err := g.AgentCommand(string(req), 5*time.Second); err != nil {
-		t.Fatalf("lab: guest %s: fill vdb: %v %s", g.name, err, out)
+		t.Fatalf("lab: guest %s: %s: %v %s", g.name, what, err, out)
 	}
 }
 
@@ -289,22 +294,14 @@ func (g *Guest) FillDisk(t testing.TB) {
 // crashed/panicked and destroys the guest (on_crash).
 func (g *Guest) Panic(t testing.TB) {
 	t.Helper()
-	req, _ := json.Marshal(map[string]any{"execute": "guest-exec", "arguments": map[string]any{"path": "/bin/sh",
-		"arg": []string{"-c", "echo c > /proc/sysrq-trigger"}}})
-	if out, err := g.AgentCommand(string(req), 5*time.Second); err != nil {
-		t.Fatalf("lab: guest %s: panic: %v %s", g.name, err, out)
-	}
+	g.spawn(t, "panic", "/bin/sh", "-c", "echo c > /proc/sysrq-trigger")
 }
 
 // HangOS stops every process of the guest but init (kill -STOP -1 through the agent): the kernel
 // runs, QEMU answers its monitor, the agent and the services are silent: an OS hang.
 func (g *Guest) HangOS(t testing.TB) {
 	t.Helper()
-	req, _ := json.Marshal(map[string]any{"execute": "guest-exec", "arguments": map[string]any{"path": "/bin/kill",
-		"arg": []string{"-STOP", "-1"}}})
-	if out, err := g.AgentCommand(string(req), 5*time.Second); err != nil {
-		t.Fatalf("lab: guest %s: hang: %v %s", g.name, err, out)
-	}
+	g.spawn(t, "hang", "/bin/kill", "-STOP", "-1")
 }
 
 // Name is the libvirt domain name.
