@@ -301,7 +301,8 @@ func (g *Guest) Panic(t testing.TB) {
 // runs, QEMU answers its monitor, the agent and the services are silent: an OS hang.
 func (g *Guest) HangOS(t testing.TB) {
 	t.Helper()
-	g.spawn(t, "hang", "/bin/kill", "-STOP", "-1")
+	// a second later, so the agent answers this request before it is stopped too
+	g.spawn(t, "hang", "/bin/sh", "-c", "sleep 1; kill -STOP -1")
 }
 
 // Name is the libvirt domain name.
