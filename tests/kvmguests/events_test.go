@@ -183,17 +183,28 @@ func TestEvidenceOfAnOSHang(t *testing.T) {
 	a, err := h.Actor("cli:lab", false)
 	require.NoError(t, err)
 
+	// healthy first: the agent answers guest-ping and the vCPU time is read (cgroup or /proc)
+	d, err := a.Diagnose(context.Background(), g.Name())
+	require.NoError(t, err)
+	require.Equal(t, "answers", d.Signals.Agent)
+	require.NotContains(t, d.Signals.CPU, "unknown")
+	t.Logf("diagnosis of the healthy guest: %s (%s); agent %s; CPU %s", d.Verdict, d.Why, d.Signals.Agent, d.Signals.CPU)
+
 	g.HangOS(t)
 	rep, err := a.ForcedRestart(context.Background(), g.Name())
 	require.NoError(t, err, "%+v", rep)
 	require.NotNil(t, rep.Diagnosis)
 	require.Contains(t, rep.Diagnosis.Signals.Agent, "silent")
+	require.NotContains(t, rep.Diagnosis.Signals.CPU, "unknown")
 	require.NotEmpty(t, rep.Evidence)
 	t.Logf("forced-restart of an OS hang: verdict %s (%s); evidence %s saved in %s of a %s step",
 		rep.Diagnosis.Verdict, rep.Diagnosis.Why, rep.Evidence, rep.EvidenceDuration, rep.Duration)
 
 	f, err := os.Open(filepath.Join(rep.Evidence, "screenshot.png"))
-	require.NoError(t, err)
+	if err != nil {
+		problems, _ := os.ReadFile(filepath.Join(rep.Evidence, "errors.txt"))
+		t.Fatalf("no console picture: %v; errors.txt: %s", err, problems)
+	}
 	defer f.Close()
 	img, err := png.Decode(f)
 	require.NoError(t, err)
