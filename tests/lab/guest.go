@@ -298,11 +298,19 @@ func (g *Guest) Panic(t testing.TB) {
 }
 
 // HangOS stops every process of the guest but init (kill -STOP -1 through the agent): the kernel
-// runs, QEMU answers its monitor, the agent and the services are silent: an OS hang.
+// runs, QEMU answers its monitor, the agent and the services are silent: an OS hang. It returns
+// once the agent stopped answering.
 func (g *Guest) HangOS(t testing.TB) {
 	t.Helper()
 	// a second later, so the agent answers this request before it is stopped too
 	g.spawn(t, "hang", "/bin/sh", "-c", "sleep 1; kill -STOP -1")
+	err := harness.Wait(context.Background(), 15*time.Second, 200*time.Millisecond, func() (bool, error) {
+		_, err := g.AgentCommand(`{"execute":"guest-ping"}`, time.Second)
+		return err != nil, nil
+	})
+	if err != nil {
+		t.Fatalf("lab: guest %s: its agent still answers after kill -STOP -1: %v", g.name, err)
+	}
 }
 
 // Name is the libvirt domain name.
