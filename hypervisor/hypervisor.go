@@ -11,8 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"libvirt.org/go/libvirt"
-
 	"zabbix-agent2-plugin-kvm/actions"
 	"zabbix-agent2-plugin-kvm/guestnet"
 	"zabbix-agent2-plugin-kvm/haproxy"
@@ -27,6 +25,8 @@ type Hypervisor struct {
 	Stats   *kvm.Cache
 	Inv     *kvm.Inventories
 	HAProxy *haproxy.Client // nil without Plugins.KVM.HAProxy.Socket
+	// Event is the Zabbix problem the CLI's action works on (--event): its outcome is posted there.
+	Event   string
 	hapSnap *haproxy.Cache
 	log     plugin.Logger
 }
@@ -133,8 +133,8 @@ func (h *Hypervisor) Actor(caller string, dryRun bool) (*actions.Actor, error) {
 	if h.HAProxy != nil {
 		opts.Pool = pool{h.HAProxy}
 	}
-	if h.Cfg.PushServer != "" {
-		opts.OnEnd = h.pushLadder
+	if h.Cfg.PushServer != "" || (h.Cfg.ZabbixURL != "" && h.Event != "") {
+		opts.OnEnd = h.tellZabbix
 	}
 	a, err := actions.New(h.Conn, Policy(h.Cfg), opts)
 	if err != nil {
@@ -145,36 +145,6 @@ func (h *Hypervisor) Actor(caller string, dryRun bool) (*actions.Actor, error) {
 		return nil, err
 	}
 	return a, nil
-}
-
-// pushLadder tells the guest's host in Zabbix how an action ended (kvm.domain.ladder.push). Dry
-// runs, commands in the guest and pool changes of servers that belong to no guest are not the
-// ladder's story and are left to the audit log.
-func (h *Hypervisor) pushLadder(e actions.AuditEntry) {
-	if e.DryRun || e.Verb == string(actions.VerbExec) || e.Domain == "" || strings.HasPrefix(e.Domain, "haproxy:") {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), h.Cfg.Timeout)
-	defer cancel()
-	var uuid string
-	err := h.Conn.Do(ctx, func(c *libvirt.Connect) error {
-		d, err := kvm.LookupDomain(c, e.Domain)
-		if err != nil {
-			return err
-		}
-		defer d.Free()
-		uuid, err = d.GetUUIDString()
-		return err
-	})
-	if err == nil {
-		v := plugin.LadderValue{Time: e.Time.Add(time.Duration(e.Duration)), Domain: e.Domain, Verb: e.Verb, Caller: e.Caller,
-			Outcome: string(e.Outcome), Verdict: string(e.Verdict), Why: e.Why, Detail: e.Detail, Evidence: e.Evidence,
-			Duration: time.Duration(e.Duration).Seconds(), AuditID: e.ID}
-		err = plugin.PushLadder(ctx, h.Cfg, uuid, v)
-	}
-	if err != nil {
-		h.log.Warningf("ladder push of %s %s (audit %s): %v", e.Verb, e.Domain, e.ID, err)
-	}
 }
 
 func (h *Hypervisor) haproxyView() plugin.HAProxy {

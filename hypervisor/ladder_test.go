@@ -3,6 +3,7 @@ package hypervisor
 import (
 	"context"
 	"encoding/json"
+	"os"
 	"testing"
 	"time"
 
@@ -74,4 +75,23 @@ func TestLadderPushOnTestDriver(t *testing.T) {
 		t.Fatalf("a dry run pushed %v", items)
 	case <-time.After(300 * time.Millisecond):
 	}
+}
+
+// The API token is taken only from a regular file others may not read.
+func TestReadToken(t *testing.T) {
+	dir := t.TempDir()
+	f := dir + "/token"
+	require.NoError(t, os.WriteFile(f, []byte(" abc123\n"), 0o640))
+	tok, err := readToken(f)
+	require.NoError(t, err)
+	require.Equal(t, "abc123", tok)
+	require.NoError(t, os.Chmod(f, 0o644))
+	_, err = readToken(f)
+	require.ErrorContains(t, err, "others may not read")
+	require.NoError(t, os.Symlink(f, dir+"/link"))
+	_, err = readToken(dir + "/link")
+	require.Error(t, err, "a symlink is not followed")
+	require.NoError(t, os.WriteFile(dir+"/empty", nil, 0o600))
+	_, err = readToken(dir + "/empty")
+	require.ErrorContains(t, err, "empty")
 }

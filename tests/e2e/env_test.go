@@ -160,8 +160,9 @@ frontend static
 	return b.String()
 }
 
-// envTweak changes the plugin's options or zabbix setup's before they are used (tests/e2e/events_test.go).
-type envTweak func(plugin map[string]string, setup *provision.Options)
+// envTweak changes the plugin's options or zabbix setup's before they are used, with the Zabbix
+// stack already up (tests/e2e/events_test.go).
+type envTweak func(e *env, plugin map[string]string, setup *provision.Options)
 
 // startEnv brings up the whole scenario and returns once every guest is a Zabbix host with the
 // guest template linked and its items polled.
@@ -240,7 +241,7 @@ func startEnv(t testing.TB, specs []guestSpec, tweaks ...envTweak) *env {
 		HypervisorHost: hypervisor, HypervisorIP: "127.0.0.1",
 	}
 	for _, tw := range tweaks {
-		tw(opts, &setupOpts)
+		tw(e, opts, &setupOpts)
 	}
 	keys := make([]string, 0, len(opts))
 	for k := range opts {

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -38,9 +39,12 @@ func TestScenarioEvents(t *testing.T) {
 		{name: "web-01", opts: lab.GuestOpts{Start: true, Agent: true, ACPI: true, Panic: true}},
 		{name: "web-02", opts: lab.GuestOpts{Start: true, Agent: true, ACPI: true, FullDisk: true}},
 		{name: "web-03", opts: servingGuest},
-	}, func(p map[string]string, s *provision.Options) {
+	}, func(e *env, p map[string]string, s *provision.Options) {
 		p["Exec.RepairCommands"] = repairHTTPD
 		s.Repair = provision.On
+		// the ladder's outcomes as messages on the problems, through an API token of Admin
+		p["Zabbix.URL"] = e.zbx.URL
+		p["Zabbix.TokenFile"] = e.apiTokenFile()
 	})
 	e.checkButtons(t, "web-03")
 	if r := e.deadServiceRepaired(t, "web-03"); r != nil {
@@ -50,6 +54,63 @@ func TestScenarioEvents(t *testing.T) {
 		report(t, r)
 	}
 	e.ioErrorHeld(t, "web-02")
+}
+
+// apiTokenFile creates an API token for Admin and writes it to a file only its owner may read.
+func (e *env) apiTokenFile() string {
+	e.t.Helper()
+	var created struct {
+		IDs []string `json:"tokenids"`
+	}
+	e.call("token.create", map[string]any{"name": "kvm-plugin-e2e", "userid": "1"}, &created)
+	var gen []struct {
+		Token string `json:"token"`
+	}
+	e.call("token.generate", created.IDs, &gen)
+	if len(gen) != 1 || gen[0].Token == "" {
+		e.t.Fatalf("token.generate: %+v", gen)
+	}
+	f := filepath.Join(e.t.TempDir(), "zabbix-api.token")
+	if err := os.WriteFile(f, []byte(gen[0].Token+"\n"), 0o600); err != nil {
+		e.t.Fatal(err)
+	}
+	return f
+}
+
+// problemMessages are the messages on a problem (event.acknowledge, action "add message").
+func (e *env) problemMessages(eventID string) ([]string, error) {
+	var evs []struct {
+		Acks []struct {
+			Message string `json:"message"`
+		} `json:"acknowledges"`
+	}
+	if err := e.try("event.get", map[string]any{"eventids": eventID, "select_acknowledges": []string{"message"},
+		"output": []string{"eventid"}}, &evs); err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, ev := range evs {
+		for _, a := range ev.Acks {
+			out = append(out, a.Message)
+		}
+	}
+	return out, nil
+}
+
+// awaitMessage waits until the problem has a message containing want.
+func (e *env) awaitMessage(eventID, want string) (string, error) {
+	var got string
+	err := harness.Wait(context.Background(), 30*time.Second, 500*time.Millisecond, func() (bool, error) {
+		ms, err := e.problemMessages(eventID)
+		for _, m := range ms {
+			if strings.Contains(m, want) {
+				got = m
+				return true, nil
+			}
+		}
+		return false, fmt.Errorf("messages %q (%v)", ms, err)
+	})
+	return got, err
 }
 
 // ladderAudit is an audit line with the fields the ladder's explanation carries.
@@ -243,6 +304,11 @@ func (e *env) deadServiceRepaired(t *testing.T, guest string) *repair {
 		t.Errorf("dead service: %v", err)
 	} else {
 		r.notes = append(r.notes, "Zabbix was told: "+v)
+	}
+	if m, err := e.awaitMessage(prob.EventID, "repair done: service-dead"); err != nil {
+		t.Errorf("dead service: no message on the problem: %v", err)
+	} else {
+		r.notes = append(r.notes, "problem message: "+m)
 	}
 	return r
 }
