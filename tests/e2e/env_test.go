@@ -371,13 +371,14 @@ type item struct {
 	History   string `json:"history"`
 	Type      string `json:"type"`
 	Flags     string `json:"flags"`
+	Master    string `json:"master_itemid"`
 }
 
 func (e *env) items(hostid string) []item {
 	e.t.Helper()
 	var out []item
 	e.call("item.get", map[string]any{"hostids": hostid, "webitems": true,
-		"output": []string{"itemid", "key_", "name", "state", "error", "lastclock", "lastvalue", "history", "type", "flags"}}, &out)
+		"output": []string{"itemid", "key_", "name", "state", "error", "lastclock", "lastvalue", "history", "type", "flags", "master_itemid"}}, &out)
 	return out
 }
 
@@ -387,12 +388,16 @@ func (e *env) items(hostid string) []item {
 func itemProblems(items []item, wantKeys []string) []string {
 	var bad []string
 	have := map[string]bool{}
+	trappers := map[string]bool{}
+	for _, it := range items {
+		trappers[it.ItemID] = it.Type == "2"
+	}
 	for _, it := range items {
 		have[it.Key] = true
 		switch {
 		case it.State != "0":
 			bad = append(bad, fmt.Sprintf("unsupported %s: %s", it.Key, it.Error))
-		case it.Type == "2": // trapper: gets values only when the plugin pushes
+		case it.Type == "2", trappers[it.Master]: // trapper, or fed by one: gets values only when the plugin pushes
 		case it.History == "0":
 		case it.LastClock == "" || it.LastClock == "0":
 			bad = append(bad, "no value yet: "+it.Key)
