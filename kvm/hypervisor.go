@@ -138,8 +138,10 @@ func (c *Conn) MonitorStuck(ctx context.Context, domain string, limit time.Durat
 // job, so it answers for a hung QEMU too).
 func (c *Conn) CPUTime(ctx context.Context, domain string) (time.Duration, error) {
 	var total time.Duration
-	err := c.Do(ctx, func(l *libvirt.Connect) error {
-		d, err := LookupDomain(l, domain)
+	// on the host lane: the diagnosis reads it while it pings a guest agent that may not answer,
+	// and libvirt's guest-sync before that ping waits 5 s on the Do lane's connection
+	err := c.read(ctx, laneHost, CallState, domain, func(l *libvirt.Connect) error {
+		d, err := c.lookup(l, domain)
 		if err != nil {
 			return err
 		}
