@@ -39,6 +39,7 @@ func TestScenarioEvents(t *testing.T) {
 		{name: "web-01", opts: lab.GuestOpts{Start: true, Agent: true, ACPI: true, Panic: true}},
 		{name: "web-02", opts: lab.GuestOpts{Start: true, Agent: true, ACPI: true, FullDisk: true}},
 		{name: "web-03", opts: servingGuest},
+		{name: "web-04", opts: servingGuest},
 	}, func(e *env, p map[string]string, s *provision.Options) {
 		p["Exec.RepairCommands"] = repairHTTPD
 		s.Repair = provision.On
@@ -54,6 +55,9 @@ func TestScenarioEvents(t *testing.T) {
 		report(t, r)
 	}
 	e.ioErrorHeld(t, "web-02")
+	if r := e.hungRepaired(t, "web-04"); r != nil {
+		report(t, r)
+	}
 }
 
 // apiTokenFile creates an API token for Admin and writes it to a file only its owner may read.
@@ -199,6 +203,57 @@ func (e *env) awaitResolved(ev event, timeout time.Duration) (time.Time, error) 
 		return true, nil
 	})
 	return at, err
+}
+
+// hungRepaired SIGSTOPs a guest's QEMU: the ladder's repair step finds QEMU hung (monitor stuck or
+// no CPU time), keeps the evidence (the serial tail; no screenshot: that needs the monitor) and
+// destroys and starts it at once, without waiting out a gentle step.
+func (e *env) hungRepaired(t *testing.T, guest string) *repair {
+	t.Helper()
+	g := e.guests[guest]
+	fault := time.Now()
+	g.Freeze(t)
+	r := &repair{kind: "hung-guest-repair", fault: fault}
+	prob, err := e.awaitProblem(guest, poolTrigger, fault, time.Minute)
+	if err != nil {
+		t.Error(err)
+		return nil
+	}
+	r.phases = append(r.phases, phase{"problem", prob.at()})
+	a, err := e.awaitAudit(guest, provision.LadderCaller, "repair", fault, 3*time.Minute, func(a ladderAudit) bool { return a.Outcome == "done" })
+	if err != nil {
+		t.Errorf("hung guest: %v", err)
+		return nil
+	}
+	if a.Verdict != "qemu-hung" || !strings.Contains(a.Detail, "destroy_start:done") {
+		t.Errorf("hung guest: repair verdict %q: %s", a.Verdict, a.Detail)
+	}
+	r.phases = append(r.phases, phase{"destroyed+started", a.Time.Add(time.Duration(a.Duration * float64(time.Second)))})
+	if a.Evidence == "" {
+		t.Errorf("hung guest: no evidence before the destroy")
+	} else {
+		files, _ := os.ReadDir(a.Evidence)
+		var names []string
+		for _, f := range files {
+			names = append(names, f.Name())
+		}
+		if !strings.Contains(strings.Join(names, " "), "serial.log") || !strings.Contains(strings.Join(names, " "), "diagnosis.json") {
+			t.Errorf("hung guest: evidence %s holds %v", a.Evidence, names)
+		}
+		r.notes = append(r.notes, fmt.Sprintf("evidence %s: %s", a.Evidence, strings.Join(names, " ")))
+	}
+	resolved, err := e.awaitResolved(prob, 3*time.Minute)
+	if err != nil {
+		t.Errorf("hung guest: problem not resolved: %v", err)
+		return nil
+	}
+	r.phases = append(r.phases, phase{"resolved", resolved})
+	if as := e.zabbixAudit(guest, fault); len(as) > 0 {
+		if _, rebooted := firstVerb(as, "reboot"); rebooted {
+			r.notes = append(r.notes, "a gentle reboot ran too: "+describeAudit(as))
+		}
+	}
+	return r
 }
 
 // checkButtons presses Diagnose, Hold 1h and Release on a guest through script.execute as a
