@@ -7,7 +7,7 @@ GO ?= go
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 export GOFLAGS ?= -buildvcs=false
 
-.PHONY: all build deps deps-demo test test-unit test-e2e bench bench-e2e demo conf fuzz vet lint clean
+.PHONY: all build deb deps deps-demo deps-deb test test-unit test-e2e bench bench-e2e demo conf fuzz vet lint clean
 
 all: build
 
@@ -19,6 +19,9 @@ deps:
 deps-demo:
 	bash scripts/deps.sh build agents haproxy
 	$(GO) mod download
+
+deps-deb:
+	bash scripts/deps.sh build deb
 
 build:
 	$(GO) build -ldflags "-X main.Version=$(VERSION)" -o $(BIN) .
@@ -65,6 +68,18 @@ demo: deps-demo
 	$(MAKE) build
 	bash scripts/demo.sh
 
+# The Debian package zabbix-agent2-plugin-kvm_<version>_amd64.deb (packaging/deb/build.sh; version
+# from git describe, or DEB_VERSION=…) into DEB_OUT, checked by lintian: errors fail the build.
+# The binary is built as Debian builds its own: position-independent, the cgo part with
+# dpkg-buildflags' hardening (stack protector, fortify, relro, bindnow).
+DEB_OUT ?= .
+deb: deps-deb
+	export DEB_BUILD_MAINT_OPTIONS=hardening=+all; \
+	CGO_CFLAGS="$$(dpkg-buildflags --get CFLAGS) $$(dpkg-buildflags --get CPPFLAGS)" CGO_LDFLAGS="$$(dpkg-buildflags --get LDFLAGS)" \
+		$(GO) build -buildmode=pie -ldflags "-X main.Version=$(VERSION)" -o $(DEB_OUT)/$(BIN).deb-bin .
+	set -e; deb=$$(bash packaging/deb/build.sh $(DEB_OUT)/$(BIN).deb-bin $(DEB_OUT)); rm -f $(DEB_OUT)/$(BIN).deb-bin; \
+		echo "built $$deb"; lintian --fail-on error --suppress-tags-from-file packaging/deb/lintian-suppressed "$$deb"
+
 # Regenerate conf/kvm.conf from the option table in plugin/config.go.
 conf: build
 	./$(BIN) conf > conf/kvm.conf
@@ -73,4 +88,4 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzRead -fuzztime 30s ./plugin/sdk/comms/
 
 clean:
-	rm -f $(BIN) test.out test-e2e.out
+	rm -f $(BIN) $(BIN).deb-bin $(BIN)_*.deb test.out test-e2e.out

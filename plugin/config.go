@@ -55,6 +55,8 @@ type Config struct {
 	PushServer         string
 	PushHost           string
 	PushInterval       time.Duration
+	// MemoryLimit is the Go runtime's soft memory limit in bytes for the plugin process (0: none).
+	MemoryLimit int64
 }
 
 // option describes one Plugins.KVM.* setting: its default, how it is parsed and checked, and the
@@ -208,10 +210,10 @@ var options = []option{
 		return nil
 	}},
 	{"Zabbix.TokenFile", "", "", "File holding the Zabbix API token for Zabbix.URL (an API token of a user with write access to the guests' problems); readable by the agent's user, by nobody else.", absPath(func(c *Config, v string) { c.ZabbixTokenFile = v })},
-	{"Push.Server", "", "", "host:port of the Zabbix server or proxy trapper that gets, at once, haproxy server state changes (with HAProxy.Socket), libvirt domain events (kvm.domain.event.push) and the ladder's step reports (kvm.domain.ladder.push). Empty: no push.", func(c *Config, v string) error {
-		if v != "" {
-			if _, _, err := net.SplitHostPort(v); err != nil {
-				return fmt.Errorf("must be host:port")
+	{"Push.Server", "", "", "host:port of the Zabbix server or proxy trapper that gets, at once, haproxy server state changes (with HAProxy.Socket), libvirt domain events (kvm.domain.event.push) and the ladder's step reports (kvm.domain.ladder.push); for a 7.0 proxy group, its proxies separated by ';' (values go to the one that monitors this host: the others redirect, a lost one is skipped). Empty: no push.", func(c *Config, v string) error {
+		for _, a := range strings.FieldsFunc(v, func(r rune) bool { return r == ';' || r == ',' }) {
+			if _, _, err := net.SplitHostPort(strings.TrimSpace(a)); err != nil {
+				return fmt.Errorf("%q must be host:port", strings.TrimSpace(a))
 			}
 		}
 		c.PushServer = v
@@ -219,6 +221,7 @@ var options = []option{
 	}},
 	{"Push.Host", "", "", "Zabbix host name of this hypervisor, for pushed values (required with Push.Server).", func(c *Config, v string) error { c.PushHost = v; return nil }},
 	{"Push.Interval", "1", "1-60", "Seconds between haproxy state reads for the push.", intRange(1, 60, func(c *Config, n int) { c.PushInterval = time.Duration(n) * time.Second })},
+	{"MemoryLimit", "256", "0-65536", "Soft memory limit of the plugin process in MiB (Go's GOMEMLIMIT, set by the plugin; it wins over the environment's): near it the garbage collector works harder, so the plugin slows down before the kernel's OOM killer ends it, and with it zabbix_agent2 (see README, Install). 0: no limit. The CLI ignores it.", intRange(0, 65536, func(c *Config, n int) { c.MemoryLimit = int64(n) << 20 })},
 }
 
 // ParseOptions builds a Config from flat options (as conf.Flatten returns them). Every problem is

@@ -9,6 +9,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
+	"runtime/debug"
 	"strings"
 	"sync"
 
@@ -73,9 +75,20 @@ func (p *Plugin) Configure(global *sdk.GlobalOptions, options any) {
 		p.Errf("configuration: %v", err)
 		return
 	}
+	setMemoryLimit(cfg.MemoryLimit)
 	if err := p.Apply(cfg, AgentCaller); err != nil {
 		p.Errf("configuration: %v", err)
 	}
+}
+
+// setMemoryLimit caps the plugin process's heap softly: a plugin the kernel kills for memory takes
+// zabbix_agent2 down with it, so collecting harder near the cap is the better failure. Only the
+// agent's run sets it; a CLI run is short and runs beside the plugin, not inside it.
+func setMemoryLimit(bytes int64) {
+	if bytes <= 0 {
+		bytes = math.MaxInt64 // Go's own "no limit"
+	}
+	debug.SetMemoryLimit(bytes)
 }
 
 // Apply installs a parsed configuration, opening its dependencies for caller (the CLI uses it

@@ -2,8 +2,10 @@ package plugin
 
 import (
 	"context"
+	"math"
 	"os"
 	"regexp"
+	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"zabbix-agent2-plugin-kvm/plugin/sdk/conf"
+	sdk "zabbix-agent2-plugin-kvm/plugin/sdk/plugin"
 )
 
 func opts(kv ...string) map[string]conf.Value {
@@ -36,7 +39,10 @@ func TestParseOptions(t *testing.T) {
 			require.False(t, c.ActionsEnable)
 			require.Equal(t, 3, c.MaxForcedPerHour)
 			require.Equal(t, "/var/lib/zabbix-agent2-plugin-kvm", c.StateDir)
+			require.Equal(t, int64(256<<20), c.MemoryLimit)
 		}},
+		{"+memory limit off", opts("MemoryLimit", "0"), "", func(t *testing.T, c *Config) { require.Zero(t, c.MemoryLimit) }},
+		{"-memory limit", opts("MemoryLimit", "64k"), `invalid option Plugins.KVM.MemoryLimit="64k" (line 10): must be an integer from 0 to 65536`, nil},
 		{"+everything", opts("System.Path", "/usr/sbin/p", "URI", "qemu+ssh://hv-01/system", "Timeout", "9", "CacheSeconds", "0",
 			"Actions.Enable", "1", "Actions.AllowDomains", "web-.*", "Exec.AllowCommands", "uptime, systemctl restart nginx",
 			"GuestNetworks", "10.77.0.0/24,fd00::/64", "HAProxy.Socket", "/run/haproxy/admin.sock",
@@ -85,6 +91,16 @@ func TestValidateTakesTheAgentTree(t *testing.T) {
 	require.NoError(t, p.Validate(conf.Build(Name, map[string]string{"System.Path": "/x", "URI": "test:///default"})))
 	err := p.Validate(conf.Build(Name, map[string]string{"System.Path": "/x", "Actions.Enable": "yes"}))
 	require.ErrorContains(t, err, "Plugins.KVM.Actions.Enable")
+}
+
+// The plugin's run sets the runtime's soft limit from the option; 0 lifts it (and any GOMEMLIMIT).
+func TestConfigureSetsMemoryLimit(t *testing.T) {
+	defer debug.SetMemoryLimit(debug.SetMemoryLimit(-1))
+	p := New(func(*Config, string, Logger) (*Deps, error) { return &Deps{}, nil })
+	p.Configure(&sdk.GlobalOptions{Timeout: 3}, conf.Build(Name, map[string]string{"System.Path": "/x", "MemoryLimit": "100"}))
+	require.Equal(t, int64(100<<20), debug.SetMemoryLimit(-1))
+	p.Configure(&sdk.GlobalOptions{Timeout: 3}, conf.Build(Name, map[string]string{"System.Path": "/x", "MemoryLimit": "0"}))
+	require.Equal(t, int64(math.MaxInt64), debug.SetMemoryLimit(-1))
 }
 
 func TestConfFileMatchesOptionTable(t *testing.T) {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the build, the demo and the tests need on Debian 12, idempotently, as root.
-# Usage: scripts/deps.sh [build|agents|qemu|haproxy|zabbix|all]...
+# Usage: scripts/deps.sh [build|agents|qemu|haproxy|zabbix|trixie|proxy|deb|debroot|all]...
 # Agent binaries go to $KVM_CACHE (default /var/cache/zabbix-agent2-plugin-kvm), outside the repo,
 # so that 6.0 and 7.0 run side by side.
 set -euo pipefail
@@ -15,13 +15,20 @@ need_root() { [ "$(id -u)" = 0 ] || { log "must run as root (apt-get, dpkg)"; ex
 # Package postinst scripts must never start daemons here (no systemd; sysv scripts would grab ports).
 no_daemons() { [ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; }; }
 
-# bookworm-backports, on the same mirror as the machine's own Debian sources (never a hard-coded host).
+# The machine's own Debian mirror (never a hard-coded host).
+mirror() {
+  local m
+  m=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+  [ -n "$m" ] || m=$(awk '$1=="deb"{print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
+  [ -n "$m" ] || { log "cannot find the Debian mirror in /etc/apt/sources.list*"; exit 1; }
+  echo "$m"
+}
+
+# bookworm-backports, on the same mirror as the machine's own Debian sources.
 backports() {
   local f=/etc/apt/sources.list.d/bookworm-backports.sources mirror
   [ -e "$f" ] && return 0
-  mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-  [ -n "$mirror" ] || mirror=$(awk '$1=="deb"{print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
-  [ -n "$mirror" ] || { log "cannot find the Debian mirror in /etc/apt/sources.list*"; exit 1; }
+  mirror=$(mirror)
   printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' "$mirror" >"$f"
   UPDATED=
 }
@@ -109,12 +116,82 @@ zabbix() {
   fi
 }
 
+# root SUITE [NAME]: a minimal Debian root of SUITE in $CACHE/root/NAME (default SUITE), made by
+# debootstrap from the machine's mirror (bookworm gets bookworm-backports beside it). Tests never
+# change it: they run its programs through its own loader (tests/chroot) or overlay it for a throwaway
+# install.
+root() {
+  local suite=$1 dir=$CACHE/root/${2:-$1} m
+  [ -e "$dir/.complete" ] && return 0
+  install debootstrap
+  m=$(mirror)
+  mkdir -p "$CACHE/root"; rm -rf "$dir.tmp"
+  log "debootstrap $suite (a few minutes)"
+  debootstrap --variant=minbase "$suite" "$dir.tmp" "$m" >"$dir.log" 2>&1 ||
+    { log "debootstrap $suite failed: see $dir.log"; exit 1; }
+  [ "$suite" != bookworm ] || echo "deb $m bookworm-backports main" >"$dir.tmp/etc/apt/sources.list.d/backports.list"
+  printf '#!/bin/sh\nexit 101\n' >"$dir.tmp/usr/sbin/policy-rc.d"; chmod +x "$dir.tmp/usr/sbin/policy-rc.d"
+  chroot "$dir.tmp" apt-get update -qq
+  rm -rf "$dir"; mv "$dir.tmp" "$dir"; touch "$dir/.complete"
+}
+
+# in_root SUITE apt-get ARGS...: apt inside a root made by root().
+in_root() {
+  local dir=$CACHE/root/$1; shift
+  chroot "$dir" env DEBIAN_FRONTEND=noninteractive "$@"
+}
+
+# trixie: haproxy 3.0 and zabbix-agent2 7.0.22 (the compatibility matrix; Debian 12 has neither).
+trixie() {
+  root trixie
+  [ -x "$CACHE/root/trixie/usr/sbin/haproxy" ] && [ -x "$CACHE/root/trixie/usr/sbin/zabbix_agent2" ] && return 0
+  log "installing haproxy and zabbix-agent2 in the trixie root"
+  # apt in a root without /dev/pts and init complains on stderr about both: keep it in a log
+  in_root trixie apt-get install -y -qq --no-install-recommends haproxy zabbix-agent2 >"$CACHE/root/trixie-install.log" 2>&1 ||
+    { tail -20 "$CACHE/root/trixie-install.log" >&2; exit 1; }
+}
+
+# proxy: zabbix_proxy 7.0 (SQLite) unpacked in $CACHE/proxy-7.0, for the fleet's proxy group; its
+# libraries are the server's, plus SQLite's.
+proxy() {
+  zabbix
+  install libsqlite3-0 sqlite3
+  local dir=$CACHE/proxy-7.0
+  [ -x "$dir/usr/sbin/zabbix_proxy" ] && return 0
+  local v tmp
+  v=$(apt-cache madison zabbix-proxy-sqlite3 | awk -F'|' '/bookworm-backports/{gsub(/ /,"",$2); print $2; exit}')
+  [ -n "$v" ] || { log "no zabbix-proxy-sqlite3 in bookworm-backports"; exit 1; }
+  tmp=$(mktemp -d); chmod 755 "$tmp"; mkdir -p "$dir"
+  log "fetching zabbix-proxy-sqlite3 $v"
+  (cd "$tmp" && apt-get download -qq "zabbix-proxy-sqlite3=$v" && dpkg -x zabbix-proxy-sqlite3_*.deb "$dir")
+  rm -rf "$tmp"
+}
+
+# deb: what `make deb` needs beside the build: dpkg-shlibdeps and lintian.
+deb() { install dpkg-dev lintian; }
+
+# debroot: the package's install test (tests/deb) overlays this bookworm root, a root of its own so
+# that no other target's installs change what "a fresh Debian 12" means there, and installs offline
+# from its apt cache (downloaded here, since tests never dial out): zabbix-agent2 6.0 (bookworm) and
+# 7.0 (bookworm-backports) and libvirt0, each with its dependencies and recommendations (what apt
+# installs for a user).
+debroot() {
+  local dir=$CACHE/root/deb-bookworm
+  root bookworm deb-bookworm
+  [ -e "$dir/.apt-cache-complete" ] && return 0
+  log "downloading zabbix-agent2 6.0 and 7.0 and libvirt0 into the deb-bookworm root's apt cache"
+  { in_root deb-bookworm apt-get install -y -qq --download-only zabbix-agent2 libvirt0 &&
+    in_root deb-bookworm apt-get install -y -qq --download-only -t bookworm-backports zabbix-agent2; } \
+    >"$dir.download.log" 2>&1 || { tail -20 "$dir.download.log" >&2; exit 1; }
+  touch "$dir/.apt-cache-complete"
+}
+
 need_root; no_daemons
 [ $# -gt 0 ] || set -- all
 for what in "$@"; do
   case $what in
-    build|agents|qemu|haproxy|zabbix) $what ;;
-    all) build; agents; qemu; haproxy; zabbix ;;
-    *) log "unknown target $what (build|agents|qemu|haproxy|zabbix|all)"; exit 2 ;;
+    build|agents|qemu|haproxy|zabbix|trixie|proxy|deb|debroot) $what ;;
+    all) build; agents; qemu; haproxy; zabbix; trixie; proxy; deb; debroot ;;
+    *) log "unknown target $what (build|agents|qemu|haproxy|zabbix|trixie|proxy|deb|debroot|all)"; exit 2 ;;
   esac
 done

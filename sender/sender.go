@@ -13,8 +13,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"zabbix-agent2-plugin-kvm/internal/netdeadline"
@@ -47,6 +49,8 @@ type Item struct {
 
 // Result is the server's account of one request.
 type Result struct {
+	Addr      string  // who answered (after failover or a redirect)
+	Redirect  string  // a 7.0 proxy's "redirect" address: the proxy of its group that monitors the host
 	Response  string  // "success" or "failed"
 	Info      string  // the server's text, e.g. "processed: 1; failed: 0; total: 1; seconds spent: 0.000041"
 	Processed int     // values accepted
@@ -55,21 +59,51 @@ type Result struct {
 	Seconds   float64 // server-side time
 }
 
-// Client sends values to one Zabbix server or proxy.
+// Client sends values to a Zabbix server, or to whichever proxy of a proxy group monitors the host.
 type Client struct {
-	Addr    string        // host:port as given (the default port filled in)
+	Addr    string        // the first address, host:port (the default port filled in)
+	Addrs   []string      // every address given, in order: a server, or the proxies of one group
 	Timeout time.Duration // deadline of one exchange on top of the caller's context
 	// Dial opens the connection; tests swap it to inject faults.
 	Dial func(ctx context.Context, network, address string) (net.Conn, error)
 	// Now stamps the request; defaults to time.Now.
 	Now func() time.Time
+
+	mu     sync.Mutex
+	prefer string // the address that last took our values, or where a proxy redirected us
 }
 
-// New returns a Client for addr ("host" or "host:port"; the port defaults to 10051).
-func New(addr string, timeout time.Duration) (*Client, error) {
+// New returns a Client for addrs: one address ("host" or "host:port"; the port defaults to 10051),
+// or several separated by ';' or ',' — the proxies of a Zabbix 7.0 proxy group, tried in order
+// until one takes the values (a proxy that does not monitor the host redirects to the one that does).
+func New(addrs string, timeout time.Duration) (*Client, error) {
+	var list []string
+	for _, a := range strings.FieldsFunc(addrs, func(r rune) bool { return r == ';' || r == ',' }) {
+		a, err := normAddr(a)
+		if err != nil {
+			return nil, err
+		}
+		list = append(list, a)
+	}
+	if len(list) == 0 {
+		return nil, errors.New("zabbix sender: server address is empty")
+	}
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	var d net.Dialer
+	return &Client{Addr: list[0], Addrs: list, Timeout: timeout, Dial: d.DialContext, Now: time.Now}, nil
+}
+
+func validAddr(a string) bool {
+	n, err := normAddr(a)
+	return err == nil && n == a
+}
+
+func normAddr(addr string) (string, error) {
 	addr = strings.TrimSpace(addr)
 	if addr == "" {
-		return nil, errors.New("zabbix sender: server address is empty")
+		return "", errors.New("zabbix sender: server address is empty")
 	}
 	if _, _, err := net.SplitHostPort(addr); err != nil {
 		// no port: "host", "10.0.0.1", "::1" or "[::1]"
@@ -77,16 +111,12 @@ func New(addr string, timeout time.Duration) (*Client, error) {
 	}
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil || host == "" {
-		return nil, fmt.Errorf("zabbix sender: server address %q: want host or host:port", addr)
+		return "", fmt.Errorf("zabbix sender: server address %q: want host or host:port", addr)
 	}
 	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
-		return nil, fmt.Errorf("zabbix sender: server address %q: bad port %q", addr, port)
+		return "", fmt.Errorf("zabbix sender: server address %q: bad port %q", addr, port)
 	}
-	if timeout <= 0 {
-		timeout = DefaultTimeout
-	}
-	var d net.Dialer
-	return &Client{Addr: addr, Timeout: timeout, Dial: d.DialContext, Now: time.Now}, nil
+	return addr, nil
 }
 
 type wireItem struct {
@@ -203,11 +233,20 @@ func ParseResponse(payload []byte) (Result, error) {
 	var resp struct {
 		Response string `json:"response"`
 		Info     string `json:"info"`
+		Redirect *struct {
+			Address string `json:"address"`
+		} `json:"redirect"`
 	}
 	if err := json.Unmarshal(payload, &resp); err != nil {
 		return Result{}, fmt.Errorf("reply %q is not JSON: %w", clip(payload), err)
 	}
 	r := Result{Response: resp.Response, Info: resp.Info}
+	if resp.Redirect != nil {
+		// a proxy of a 7.0 proxy group that does not monitor the host, seen answering:
+		// {"redirect":{"revision":1,"address":"127.0.0.1:15490"},"response":"failed"}
+		r.Redirect = resp.Redirect.Address
+		return r, fmt.Errorf("proxy redirects to %q (it does not monitor the host)", r.Redirect)
+	}
 	if resp.Response != "success" {
 		if resp.Response == "" {
 			return r, fmt.Errorf("reply %q has no response field", clip(payload))
@@ -253,6 +292,8 @@ func clip(b []byte) string {
 
 // Send delivers items in one request and returns the server's counts. It is an error when the
 // server does not answer success or refuses any value (failed > 0); the Result is returned with it.
+// With several addresses it starts at the one that last took values, goes on to the next when one
+// cannot be reached, and follows a proxy's redirect once; each exchange has its own Timeout.
 func (c *Client) Send(ctx context.Context, items ...Item) (Result, error) {
 	if c == nil || c.Dial == nil {
 		return Result{}, errors.New("zabbix sender: client not initialised (use sender.New)")
@@ -265,34 +306,83 @@ func (c *Client) Send(ctx context.Context, items ...Item) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
+	c.mu.Lock()
+	order := []string{}
+	if c.prefer != "" {
+		order = append(order, c.prefer)
+	}
+	c.mu.Unlock()
+	for _, a := range append(c.Addrs, c.Addr) {
+		if !slices.Contains(order, a) && a != "" {
+			order = append(order, a)
+		}
+	}
+	var errs []error
+	redirected := false
+	for i := 0; i < len(order); i++ {
+		if ctx.Err() != nil {
+			errs = append(errs, ctx.Err())
+			break
+		}
+		res, err := c.exchange(ctx, order[i], payload, len(items))
+		res.Addr = order[i]
+		switch {
+		case err == nil:
+			c.setPrefer(order[i])
+			return res, nil
+		case res.Redirect != "" && !redirected && validAddr(res.Redirect):
+			// the group's own answer: go there next, and stay there while it takes values
+			redirected = true
+			order = slices.Insert(slices.DeleteFunc(order[i+1:], func(a string) bool { return a == res.Redirect }), 0, res.Redirect)
+			i = -1
+		case res.Response != "" && res.Redirect == "":
+			// a server that answered and refused: another address would refuse too
+			return res, err
+		}
+		errs = append(errs, err)
+	}
+	if len(errs) == 1 {
+		return Result{}, errs[0]
+	}
+	return Result{}, fmt.Errorf("zabbix sender: no address took the values: %w", errors.Join(errs...))
+}
+
+func (c *Client) setPrefer(a string) {
+	c.mu.Lock()
+	c.prefer = a
+	c.mu.Unlock()
+}
+
+// exchange is one request and its reply on a new connection to addr.
+func (c *Client) exchange(ctx context.Context, addr string, payload []byte, n int) (Result, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
 	defer cancel()
-	conn, err := c.Dial(ctx, "tcp", c.Addr)
+	conn, err := c.Dial(ctx, "tcp", addr)
 	if err != nil {
-		return Result{}, fmt.Errorf("zabbix sender %s: %w", c.Addr, err)
+		return Result{}, fmt.Errorf("zabbix sender %s: %w", addr, err)
 	}
 	defer conn.Close()
 	if dl, ok := ctx.Deadline(); ok {
 		if err := conn.SetDeadline(dl); err != nil {
-			return Result{}, fmt.Errorf("zabbix sender %s: set deadline: %w", c.Addr, err)
+			return Result{}, fmt.Errorf("zabbix sender %s: set deadline: %w", addr, err)
 		}
 	}
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 
 	if _, err := conn.Write(Frame(payload)); err != nil {
-		return Result{}, fmt.Errorf("zabbix sender %s: write: %w", c.Addr, netdeadline.Err(ctx, err))
+		return Result{}, fmt.Errorf("zabbix sender %s: write: %w", addr, netdeadline.Err(ctx, err))
 	}
 	reply, err := ReadFrame(conn, MaxFrame)
 	if err != nil {
-		return Result{}, fmt.Errorf("zabbix sender %s: %w", c.Addr, netdeadline.Err(ctx, err))
+		return Result{}, fmt.Errorf("zabbix sender %s: %w", addr, netdeadline.Err(ctx, err))
 	}
 	res, err := ParseResponse(reply)
 	if err != nil {
-		return res, fmt.Errorf("zabbix sender %s: %w", c.Addr, err)
+		return res, fmt.Errorf("zabbix sender %s: %w", addr, err)
 	}
 	if res.Failed > 0 {
-		return res, fmt.Errorf("zabbix sender %s: server refused %d of %d values (%s): check host names, item keys and that the items are trappers", c.Addr, res.Failed, len(items), res.Info)
+		return res, fmt.Errorf("zabbix sender %s: server refused %d of %d values (%s): check host names, item keys and that the items are trappers", addr, res.Failed, n, res.Info)
 	}
 	return res, nil
 }

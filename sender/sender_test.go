@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -92,7 +94,7 @@ func TestSendLoopback(t *testing.T) {
 		Item{Host: "hv01", Key: "haproxy.server.status.push[web,web-01]", Value: "DOWN"},
 		Item{Host: "web-01", Key: "kvm.domain.pool.push", Value: "DOWN", Clock: 1700000001, NS: 0})
 	require.NoError(t, err)
-	assert.Equal(t, Result{Response: "success", Info: "processed: 2; failed: 0; total: 2; seconds spent: 0.000042", Processed: 2, Total: 2, Seconds: 0.000042}, res)
+	assert.Equal(t, Result{Addr: addr, Response: "success", Info: "processed: 2; failed: 0; total: 2; seconds spent: 0.000042", Processed: 2, Total: 2, Seconds: 0.000042}, res)
 
 	cp := recv(t, got)
 	assert.Equal(t, "ZBXD\x01", string(cp.raw[:5]))
@@ -195,6 +197,83 @@ func TestNew(t *testing.T) {
 			assert.Equal(t, DefaultTimeout, c.Timeout)
 		})
 	}
+}
+
+func TestNewList(t *testing.T) {
+	c, err := New(" 127.0.0.1:10061; proxy-b ,[::1]:10052", 0)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"127.0.0.1:10061", "proxy-b:10051", "[::1]:10052"}, c.Addrs)
+	assert.Equal(t, "127.0.0.1:10061", c.Addr)
+	_, err = New(";,", 0)
+	require.ErrorContains(t, err, "empty")
+	_, err = New("a:1;b:0", 0)
+	require.ErrorContains(t, err, `"b:0": bad port`)
+}
+
+// counting wraps the real dialer and counts dials per address.
+func counting(c *Client) map[string]int {
+	n := map[string]int{}
+	var mu sync.Mutex
+	d := c.Dial
+	c.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		mu.Lock()
+		n[addr]++
+		mu.Unlock()
+		return d(ctx, network, addr)
+	}
+	return n
+}
+
+func TestSendFailover(t *testing.T) {
+	dead := fmt.Sprintf("127.0.0.1:%d", harness.Port(t)) // nothing listens there: a lost proxy
+	live, got := trapper(t, success)
+	c, err := New(dead+";"+live, time.Second)
+	require.NoError(t, err)
+	dials := counting(c)
+	it := Item{Host: "hv-01", Key: "k", Value: "v"}
+	res, err := c.Send(context.Background(), it)
+	require.NoError(t, err)
+	assert.Equal(t, live, res.Addr)
+	recv(t, got)
+	// the next value goes where the last one was taken, without knocking on the lost proxy again
+	_, err = c.Send(context.Background(), it)
+	require.NoError(t, err)
+	recv(t, got)
+	assert.Equal(t, map[string]int{dead: 1, live: 2}, dials)
+}
+
+func TestSendRedirect(t *testing.T) {
+	// a real 7.0.9 proxy's redirect (testdata/README.md), pointed at the proxy that monitors the host
+	capture, err := os.ReadFile("testdata/proxy-redirect-7.0.9.json")
+	require.NoError(t, err)
+	mine, gotMine := trapper(t, success)
+	redirect := bytes.Replace(bytes.TrimSpace(capture), []byte("127.0.0.1:15490"), []byte(mine), 1)
+	other, gotOther := trapper(t, func(map[string]any) []byte { return Frame(redirect) })
+	c, err := New(other, time.Second)
+	require.NoError(t, err)
+	dials := counting(c)
+	it := Item{Host: "hv-01", Key: "k", Value: "v"}
+	res, err := c.Send(context.Background(), it)
+	require.NoError(t, err)
+	assert.Equal(t, mine, res.Addr)
+	recv(t, gotOther)
+	recv(t, gotMine)
+	_, err = c.Send(context.Background(), it)
+	require.NoError(t, err)
+	assert.Equal(t, map[string]int{other: 1, mine: 2}, dials)
+
+	// two proxies that each send us to the other: one redirect is followed, then an error, no loop
+	var a, b string
+	a, _ = trapper(t, func(map[string]any) []byte {
+		return Frame(bytes.Replace(bytes.TrimSpace(capture), []byte("127.0.0.1:15490"), []byte(b), 1))
+	})
+	b, _ = trapper(t, func(map[string]any) []byte {
+		return Frame(bytes.Replace(bytes.TrimSpace(capture), []byte("127.0.0.1:15490"), []byte(a), 1))
+	})
+	c, err = New(a, time.Second)
+	require.NoError(t, err)
+	_, err = c.Send(context.Background(), it)
+	require.ErrorContains(t, err, "redirects to")
 }
 
 func TestReadFrameVariants(t *testing.T) {

@@ -13,6 +13,7 @@ import (
 // Domain describes one test-driver domain.
 type Domain struct {
 	Name    string
+	UUID    string // default 00000000-0000-4000-8000-<index>
 	Title   string
 	IP      string // written to the plugin's metadata element
 	Shutoff bool
@@ -47,11 +48,15 @@ func NodeURI(t testing.TB, doms []Domain) string {
 		if d.IP != "" {
 			meta = fmt.Sprintf(`<metadata><kvm:guest xmlns:kvm="urn:zabbix-agent2-plugin-kvm:1"><kvm:ip>%s</kvm:ip></kvm:guest></metadata>`, d.IP)
 		}
+		uuid := d.UUID
+		if uuid == "" {
+			uuid = fmt.Sprintf("00000000-0000-4000-8000-%012d", i)
+		}
 		fmt.Fprintf(&b, `<domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'><name>%s</name>`+
-			`<uuid>00000000-0000-4000-8000-%012d</uuid><title>%s</title>%s<memory>131072</memory><vcpu>1</vcpu><os><type>hvm</type></os>`+
+			`<uuid>%s</uuid><title>%s</title>%s<memory>131072</memory><vcpu>1</vcpu><os><type>hvm</type></os>`+
 			`<devices><interface type='bridge'><mac address='52:54:00:%02x:%02x:%02x'/><source bridge='br0'/><target dev='vnet%d'/></interface>`+
 			`<disk type='file' device='disk'><source file='/var/lib/libvirt/images/%s.img'/><target dev='vda'/></disk></devices>%s</domain>`+"\n",
-			d.Name, i, d.Title, meta, (i>>16)&255, (i>>8)&255, i&255, i, d.Name, state)
+			d.Name, uuid, d.Title, meta, (i>>16)&255, (i>>8)&255, i&255, i, d.Name, state)
 	}
 	b.WriteString("</node>\n")
 	path := filepath.Join(t.TempDir(), "node.xml")

@@ -2,11 +2,7 @@ package main
 
 import (
 	"fmt"
-	"net"
-	"os"
-	"os/exec"
 	"path/filepath"
-	"syscall"
 	"time"
 
 	"libvirt.org/go/libvirt"
@@ -22,55 +18,9 @@ import (
 // demo holds one (the returned Connect) until it stops libvirtd. A test:///PATH node file would not
 // do: libvirt gives every connection to it a private copy, even through a daemon.
 func startLibvirtd(r *runner) (uri string, conn *libvirt.Connect) {
-	dir := filepath.Join(r.dir, "libvirtd")
-	for _, d := range []string{dir, filepath.Join(dir, "no-drivers")} {
-		if err := os.MkdirAll(d, 0o700); err != nil {
-			r.Fatal(err)
-		}
-	}
-	sock := filepath.Join(dir, "libvirt-sock")
-	conf := filepath.Join(dir, "libvirtd.conf")
-	text := fmt.Sprintf("unix_sock_dir = %q\nunix_sock_rw_perms = \"0700\"\nauth_unix_rw = \"none\"\nauth_unix_ro = \"none\"\n"+
-		"log_outputs = \"3:file:%s\"\n", dir, filepath.Join(dir, "libvirtd.log"))
-	if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
-		r.Fatal(err)
-	}
-	cmd := exec.Command("libvirtd", "-f", conf, "-p", filepath.Join(dir, "libvirtd.pid"))
-	cmd.Env = append(os.Environ(), "LIBVIRT_DRIVER_DIR="+filepath.Join(dir, "no-drivers"))
-	out, err := os.Create(filepath.Join(dir, "libvirtd.out"))
-	if err != nil {
-		r.Fatal(err)
-	}
-	cmd.Stdout, cmd.Stderr = out, out
-	// own process group: the terminal's Ctrl-C reaches the demo, which stops it in order
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		r.Fatalf("libvirtd: %v (scripts/deps.sh build installs it)", err)
-	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); out.Close(); close(exited) }()
-	r.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-	})
-	uri = "test+unix:///default?socket=" + sock
-	harness.WaitFor(r, 30*time.Second, 50*time.Millisecond, "libvirtd to answer on "+sock, func() (bool, error) {
-		select {
-		case <-exited:
-			b, _ := os.ReadFile(filepath.Join(dir, "libvirtd.out"))
-			return false, fmt.Errorf("libvirtd exited: %s", b)
-		default:
-		}
-		c, err := net.DialTimeout("unix", sock, time.Second)
-		if err != nil {
-			return false, err
-		}
-		c.Close()
+	uri = "test+unix:///default?socket=" + harness.StartLibvirtd(r, filepath.Join(r.dir, "libvirtd"))
+	harness.WaitFor(r, 30*time.Second, 50*time.Millisecond, "libvirtd to answer on "+uri, func() (bool, error) {
+		var err error
 		conn, err = libvirt.NewConnect(uri)
 		return err == nil, err
 	})

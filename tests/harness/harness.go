@@ -34,6 +34,8 @@ var portRanges = map[string][2]int{
 	"e2e":        {12100, 12499},
 	"provision":  {12500, 12899},
 	"tryit":      {12900, 13099}, // README's "Try it on one hypervisor" (tests/tryit)
+	"deb":        {13100, 13299}, // the Debian package's install test (tests/deb)
+	"fleet":      {13500, 13899}, // tests/fleet: one agent port per hypervisor, one port for every guest's responder
 	"zbx":        {15000, 15999}, // every package's Zabbix stack, one at a time
 	"haproxy":    {18000, 18499},
 	"hypervisor": {18500, 18999},

@@ -1,0 +1,337 @@
+// Package fleet runs a fleet of simulated hypervisors behind a real Zabbix 7.0 server and a proxy
+// group of real 7.0 proxies, for tests and for `make bench-fleet`. Each hypervisor is a real
+// zabbix_agent2 7.0 with the plugin on a libvirt test-driver node of its own (G domains with disks
+// and interfaces) and a real haproxy whose G servers, named after the domains, are health-checked
+// against tiny HTTP responders the harness can stop and start per guest. Guests' addresses are
+// loopback addresses 127.2.H.S (hypervisor H, guest S), so every check stays on this machine.
+package fleet
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"zabbix-agent2-plugin-kvm/conf/templates"
+	"zabbix-agent2-plugin-kvm/internal/provision"
+	"zabbix-agent2-plugin-kvm/kvm/kvmtest"
+	"zabbix-agent2-plugin-kvm/tests/harness"
+	"zabbix-agent2-plugin-kvm/tests/zbx"
+)
+
+// Options size the fleet.
+type Options struct {
+	Hypervisors int // default 3
+	Guests      int // per hypervisor, default 5
+	Proxies     int // in the proxy group, default 2
+	// Macros go on every hypervisor host (e.g. shorter intervals for a test).
+	Macros map[string]string
+}
+
+// Fleet is a running fleet.
+type Fleet struct {
+	Zabbix     *zbx.Stack
+	GroupID    string // proxy group
+	Proxies    []*zbx.Proxy
+	HVs        []*Hypervisor
+	Setup      provision.Report
+	SetupStart time.Time // when zabbix setup began (the fleet's agents were already up)
+	Phases     []zbx.Phase
+}
+
+// Hypervisor is one simulated hypervisor.
+type Hypervisor struct {
+	Name    string // its Zabbix host, hv-001…
+	HostID  string
+	Agent   *harness.Agent
+	HAProxy *harness.HAProxy
+	Guests  []*Guest
+}
+
+// Guest is one domain of a hypervisor with its HTTP responder.
+type Guest struct {
+	Name, UUID, IP string
+	srv            *responder
+}
+
+// Stop makes the guest's service refuse connections (haproxy's check fails); Start brings it back.
+func (g *Guest) Stop()  { g.srv.stop() }
+func (g *Guest) Start() { g.srv.start() }
+
+// Name of hypervisor h (0-based) and of its guest s.
+func HVName(h int) string       { return fmt.Sprintf("hv-%03d", h+1) }
+func GuestName(h, s int) string { return fmt.Sprintf("hv%03d-web-%02d", h+1, s+1) }
+func guestIP(h, s int) string   { return fmt.Sprintf("127.2.%d.%d", h+1, s+1) }
+func guestUUID(h, s int) string { return fmt.Sprintf("00000000-f1ee-4000-8000-%06d%06d", h+1, s+1) }
+func (o *Options) defaults() {
+	o.Hypervisors, o.Guests, o.Proxies = or(o.Hypervisors, 3), or(o.Guests, 5), or(o.Proxies, 2)
+}
+func or(v, def int) int {
+	if v > 0 {
+		return v
+	}
+	return def
+}
+
+// Start brings the fleet up: Zabbix server, proxy group and proxies, then every hypervisor (its
+// guests' responders, haproxy, agent with the plugin), then zabbix setup and one hypervisor host per
+// agent, monitored by the proxy group. It returns once every part runs; discovery is the caller's
+// to wait for (WaitDiscovered).
+func Start(t testing.TB, o Options) *Fleet {
+	t.Helper()
+	o.defaults()
+	if o.Guests > 250 || o.Hypervisors > 250 {
+		t.Fatalf("fleet: at most 250 hypervisors of 250 guests (guest addresses are 127.2.H.S)")
+	}
+	f := &Fleet{}
+	last := time.Now()
+	lap := func(name string) {
+		f.Phases = append(f.Phases, zbx.Phase{Name: name, Took: time.Since(last)})
+		last = time.Now()
+	}
+	lo, hi := harness.Ports(t)
+	guestPort := harness.FreePort(t, lo, hi)
+	bin := harness.PluginBinary(t)
+
+	f.Zabbix = zbx.Start(t, zbx.Options{ServerConfig: map[string]string{"StartProxyPollers": "0", "StartTrappers": "4"}})
+	lap("zabbix server")
+	f.GroupID = f.Zabbix.CreateProxyGroup(t, "KVM hypervisors", 10*time.Second)
+	var addrs []string
+	for i := 0; i < o.Proxies; i++ {
+		p := f.Zabbix.StartProxy(t, fmt.Sprintf("px-%d", i+1), f.GroupID)
+		f.Proxies = append(f.Proxies, p)
+		addrs = append(addrs, "127.0.0.1:"+strconv.Itoa(p.Port))
+	}
+	lap("proxies")
+
+	for h := 0; h < o.Hypervisors; h++ {
+		hv := &Hypervisor{Name: HVName(h)}
+		doms := make([]kvmtest.Domain, o.Guests)
+		for s := range doms {
+			g := &Guest{Name: GuestName(h, s), UUID: guestUUID(h, s), IP: guestIP(h, s)}
+			g.srv = newResponder(t, net.JoinHostPort(g.IP, strconv.Itoa(guestPort)))
+			hv.Guests = append(hv.Guests, g)
+			doms[s] = kvmtest.Domain{Name: g.Name, UUID: g.UUID, Title: "fleet guest", IP: g.IP}
+		}
+		hv.HAProxy = harness.StartHAProxy(t, func(sock string) string {
+			var b strings.Builder
+			fmt.Fprintf(&b, "global\n  stats socket %s mode 600 level admin\n", sock)
+			b.WriteString("defaults\n  mode http\n  timeout connect 1s\n  timeout client 5s\n  timeout server 5s\n  timeout check 1s\n")
+			b.WriteString("backend web\n  option httpchk GET /\n  default-server check inter 5s fall 2 rise 2\n")
+			for _, g := range hv.Guests {
+				fmt.Fprintf(&b, "  server %s %s:%d\n", g.Name, g.IP, guestPort)
+			}
+			return b.String()
+		})
+		dir := t.TempDir()
+		opts := map[string]string{
+			"URI": kvmtest.NodeURI(t, doms), "Timeout": "3", "CacheSeconds": "10",
+			"GuestNetworks": "127.2.0.0/16", "HAProxy.Socket": hv.HAProxy.Sock,
+			"StateDir": filepath.Join(dir, "state"), "AuditLog": filepath.Join(dir, "audit.log"),
+			"Push.Server": strings.Join(addrs, ";"), "Push.Host": hv.Name,
+		}
+		hv.Agent = harness.WriteAgentConf(t, "7.0", harness.AgentOptions{Plugin: bin, Options: opts, Timeout: 10,
+			Extra: append(harness.SystemRunRules(t, bin), "PluginTimeout=10")})
+		hv.Agent.Start(t)
+		f.HVs = append(f.HVs, hv)
+	}
+	lap(fmt.Sprintf("%d hypervisors (agent, plugin, haproxy, %d guests each)", o.Hypervisors, o.Guests))
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	f.SetupStart = time.Now()
+	var err error
+	f.Setup, err = provision.Setup(ctx, f.Zabbix.API, provision.Options{PluginPath: bin,
+		SMTPServer: "127.0.0.1", SMTPPort: f.Zabbix.SMTP.Port, User: "Admin", UserEmail: "oncall@example.invalid"})
+	if err != nil {
+		t.Fatalf("fleet: zabbix setup: %v\n%s", err, f.Setup)
+	}
+	tpl, ok1 := f.Setup.Find("template", templates.Hypervisor)
+	grp, ok2 := f.Setup.Find("host group", "KVM hypervisors")
+	if !ok1 || !ok2 {
+		t.Fatalf("fleet: zabbix setup reported no hypervisor template or group:\n%s", f.Setup)
+	}
+	for _, hv := range f.HVs {
+		var macros []map[string]string
+		for m, v := range o.Macros {
+			macros = append(macros, map[string]string{"macro": m, "value": v})
+		}
+		var res struct {
+			IDs []string `json:"hostids"`
+		}
+		err := f.Zabbix.API.Call(ctx, "host.create", map[string]any{"host": hv.Name,
+			"groups": []map[string]string{{"groupid": grp.ID}}, "templates": []map[string]string{{"templateid": tpl.ID}},
+			"monitored_by": 2, "proxy_groupid": f.GroupID, "macros": macros,
+			"interfaces": []map[string]any{{"type": 1, "main": 1, "useip": 1, "ip": "127.0.0.1", "dns": "", "port": strconv.Itoa(hv.Agent.Port)}}}, &res)
+		if err != nil || len(res.IDs) != 1 {
+			t.Fatalf("fleet: host.create %s: %v", hv.Name, err)
+		}
+		hv.HostID = res.IDs[0]
+	}
+	lap("zabbix setup and hypervisor hosts")
+	return f
+}
+
+// Guests is every guest of the fleet.
+func (f *Fleet) Guests() []*Guest {
+	var out []*Guest
+	for _, hv := range f.HVs {
+		out = append(out, hv.Guests...)
+	}
+	return out
+}
+
+// responder is a guest's web service: "OK" to every request on one address, stoppable.
+type responder struct {
+	t    testing.TB
+	addr string
+	mu   sync.Mutex
+	srv  *http.Server
+}
+
+func newResponder(t testing.TB, addr string) *responder {
+	r := &responder{t: t, addr: addr}
+	r.start()
+	t.Cleanup(r.stop)
+	return r
+}
+
+func (r *responder) start() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.srv != nil {
+		return
+	}
+	ln, err := net.Listen("tcp", r.addr)
+	if err != nil {
+		r.t.Errorf("fleet: guest responder %s: %v", r.addr, err)
+		return
+	}
+	r.srv = &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("OK\n"))
+	})}
+	go r.srv.Serve(ln)
+}
+
+func (r *responder) stop() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.srv != nil {
+		_ = r.srv.Close()
+		r.srv = nil
+	}
+}
+
+// processCPU is the CPU time (user+system) a process and its waited-for children used, from /proc.
+func processCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	s := string(b)
+	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	var ticks int64
+	for _, i := range []int{11, 12, 13, 14} { // utime stime cutime cstime (fields 14-17)
+		n, err := strconv.ParseInt(fields[i], 10, 64)
+		if err != nil {
+			return 0, err
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * time.Second / 100, nil
+}
+
+// Discovery is what WaitDiscovered saw.
+type Discovery struct {
+	Hosts      int           // guest hosts discovered
+	Discovered time.Duration // from zabbix setup's start to every guest host existing
+	Polled     time.Duration // … to every guest host's kvm.domain.get having a value
+}
+
+// WaitDiscovered waits until every guest of the fleet is a Zabbix host (technical name = domain
+// UUID, visible name = domain name) whose statistics master item has a value, and no item of the
+// fleet is unsupported.
+func (f *Fleet) WaitDiscovered(t testing.TB, timeout time.Duration) Discovery {
+	t.Helper()
+	want := map[string]string{}
+	var uuids []string
+	for _, g := range f.Guests() {
+		want[g.UUID] = g.Name
+		uuids = append(uuids, g.UUID)
+	}
+	var d Discovery
+	call := func(method string, params map[string]any, out any) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		return f.Zabbix.API.Call(ctx, method, params, out)
+	}
+	var ids []string
+	harness.WaitFor(t, timeout, time.Second, fmt.Sprintf("%d guest hosts discovered", len(want)), func() (bool, error) {
+		var hosts []struct {
+			ID   string `json:"hostid"`
+			Host string `json:"host"`
+			Name string `json:"name"`
+		}
+		if err := call("host.get", map[string]any{"filter": map[string]any{"host": uuids}, "output": []string{"host", "name"}}, &hosts); err != nil {
+			return false, err
+		}
+		ids = ids[:0]
+		for _, h := range hosts {
+			if want[h.Host] != h.Name {
+				return false, harness.Final(fmt.Errorf("guest host %s is named %q, want %q", h.Host, h.Name, want[h.Host]))
+			}
+			ids = append(ids, h.ID)
+		}
+		d.Hosts = len(hosts)
+		return len(hosts) == len(want), fmt.Errorf("%d of %d", len(hosts), len(want))
+	})
+	d.Discovered = time.Since(f.SetupStart)
+	harness.WaitFor(t, timeout, time.Second, "every guest's kvm.domain.get polled, nothing unsupported", func() (bool, error) {
+		var items []struct {
+			Host  string `json:"hostid"`
+			Key   string `json:"key_"`
+			State string `json:"state"`
+			Clock string `json:"lastclock"`
+			Error string `json:"error"`
+		}
+		if err := call("item.get", map[string]any{"hostids": ids, "output": []string{"hostid", "key_", "state", "lastclock", "error"},
+			"search": map[string]any{"key_": "kvm.domain.get["}, "startSearch": true}, &items); err != nil {
+			return false, err
+		}
+		polled := 0
+		for _, it := range items {
+			if it.State == "1" {
+				return false, fmt.Errorf("%s on host %s unsupported: %s", it.Key, it.Host, it.Error)
+			}
+			if it.Clock != "0" {
+				polled++
+			}
+		}
+		return polled == len(ids), fmt.Errorf("%d of %d polled", polled, len(ids))
+	})
+	d.Polled = time.Since(f.SetupStart)
+	var bad []struct {
+		Host  string `json:"hostid"`
+		Key   string `json:"key_"`
+		Error string `json:"error"`
+	}
+	hvIDs := []string{}
+	for _, hv := range f.HVs {
+		hvIDs = append(hvIDs, hv.HostID)
+	}
+	if err := call("item.get", map[string]any{"hostids": append(ids, hvIDs...), "filter": map[string]any{"state": 1},
+		"output": []string{"hostid", "key_", "error"}, "limit": 5}, &bad); err != nil {
+		t.Fatal(err)
+	}
+	if len(bad) > 0 {
+		t.Errorf("unsupported items in the fleet: %+v", bad)
+	}
+	return d
+}
