@@ -21,7 +21,7 @@ import (
 	"zabbix-agent2-plugin-kvm/plugin/sdk/container"
 )
 
-const usage = `Usage: zabbix-agent2-plugin-kvm [-c FILE] [--dry-run] [--caller NAME] [--timeout S] VERB [ARG...]
+const usage = `Usage: zabbix-agent2-plugin-kvm [-c FILE] [--dry-run] [--caller NAME] [--timeout S] [--event ID] VERB [ARG...]
 
 Zabbix agent 2 loadable plugin for KVM hypervisors, and the CLI for Zabbix remote commands.
 zabbix_agent2 starts the plugin itself (Plugins.KVM.System.Path in kvm.conf); run VERBs by hand
@@ -33,6 +33,8 @@ Options:
   --dry-run    show exactly what an action would do, changing nothing
   --timeout S  overall deadline in seconds (default: Plugins.KVM.Timeout for get, the Actions.*Seconds for actions)
   --caller N   who acts, for the audit log (default cli:$USER; the provisioned Zabbix scripts say zabbix)
+  --event ID   the Zabbix problem this action works on ({EVENT.ID}, as the ladder's scripts pass it):
+               with Plugins.KVM.Zabbix.URL and Zabbix.TokenFile, the outcome is posted on it as a message
   --background check the configuration, then run the action detached and exit 0 at once (the
                frontend buttons: the server waits for a button only its Timeout); the audit log
                tells how it ended
@@ -54,6 +56,7 @@ type cliEnv struct {
 	dryRun     bool
 	background bool
 	caller     string
+	event      string // the Zabbix problem's event id (--event), digits only
 	timeout    time.Duration
 	stdout     io.Writer
 	stderr     io.Writer
@@ -107,12 +110,17 @@ func runCLI(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&env.caller, "caller", "", "caller")
 	fs.IntVar(&timeout, "timeout", 0, "seconds")
 	fs.BoolVar(&env.background, "background", false, "detach")
+	fs.StringVar(&env.event, "event", "", "Zabbix event id")
 	if err := fs.Parse(args); err != nil {
 		if err == flag.ErrHelp {
 			fmt.Fprint(stdout, helpText())
 			return 0
 		}
 		fmt.Fprintf(stderr, "error: %v\n\n%s", err, helpText())
+		return 2
+	}
+	if env.event != "" && strings.Trim(env.event, "0123456789") != "" {
+		fmt.Fprintf(stderr, "error: --event %q: want a Zabbix event id (digits)\n", env.event)
 		return 2
 	}
 	env.timeout = time.Duration(timeout) * time.Second
@@ -203,7 +211,12 @@ func openHypervisor(env *cliEnv) (*hypervisor.Hypervisor, error) {
 	if err != nil {
 		return nil, err
 	}
-	return hypervisor.New(cfg, stderrLog{env.stderr})
+	h, err := hypervisor.New(cfg, stderrLog{env.stderr})
+	if err != nil {
+		return nil, err
+	}
+	h.Event = env.event
+	return h, nil
 }
 
 // stderrLog is the CLI's plugin.Logger: warnings and errors to stderr, the rest dropped.

@@ -49,6 +49,10 @@ type Options struct {
 	Health Health // nil: AgentHealth (guest-ping)
 	Logf   func(format string, args ...any)
 	Clock  statedir.Clock // nil: the system's clocks
+	// OnEnd, if set, gets every action's end line once it is in the audit log, refused and
+	// dry-run attempts included: how the ladder explains itself in Zabbix. It must return within
+	// a few seconds; the action's caller waits for it.
+	OnEnd func(AuditEntry)
 }
 
 // Actor performs guarded actions on the domains of one libvirt connection. It is safe for

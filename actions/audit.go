@@ -33,6 +33,7 @@ type AuditEntry struct {
 	Duration Seconds   `json:"duration_s"`
 	Detail   string    `json:"detail,omitempty"`
 	Verdict  Verdict   `json:"verdict,omitempty"`  // the diagnosis a repair or forced step acted on
+	Why      string    `json:"why,omitempty"`      // the signals behind the verdict, in words
 	Evidence string    `json:"evidence,omitempty"` // where that step kept what it destroyed
 	DryRun   bool      `json:"dry_run,omitempty"`
 }
@@ -71,10 +72,15 @@ func (a *Actor) writeAudit(e AuditEntry) error {
 		return fmt.Errorf("audit log: %w", err)
 	}
 	a.logf("audit: %s", b)
-	if a.pol.AuditLog == "" {
-		return nil
+	if a.pol.AuditLog != "" {
+		err = statedir.AppendLine(a.pol.AuditLog, b)
 	}
-	return statedir.AppendLine(a.pol.AuditLog, b)
+	// the end line is what Zabbix is told (kvm.domain.ladder.push): after the log has it, so an
+	// explanation never exists that the audit log lacks
+	if err == nil && e.Phase == PhaseEnd && a.opts.OnEnd != nil {
+		a.opts.OnEnd(e)
+	}
+	return err
 }
 
 // Seconds is a duration that marshals as a number of seconds with millisecond precision, which is

@@ -129,12 +129,14 @@ func (a *Actor) screenshot(ctx context.Context, domain string) ([]byte, error) {
 		buf := make([]byte, 64<<10)
 		for {
 			n, err := st.Recv(buf)
+			// the Go binding says the stream's end as io.EOF (C's 0): every screenshot of a real
+			// QEMU ended in "EOF" and was lost while this was treated as a failure
+			if errors.Is(err, io.EOF) || (err == nil && n == 0) {
+				return st.Finish()
+			}
 			if err != nil {
 				_ = st.Abort()
 				return err
-			}
-			if n == 0 {
-				return st.Finish()
 			}
 			if len(data)+n > maxScreenshot {
 				_ = st.Abort()

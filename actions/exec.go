@@ -119,7 +119,13 @@ func decodeCapped(b64 string, agentTruncated bool) (string, bool) {
 // agent sends one guest-agent command. libvirt's own agent timeout is set from ctx's deadline so the
 // C call ends by then as well, instead of occupying a connection worker after we gave up.
 func (a *Actor) agent(ctx context.Context, domain, cmd string, args any, out any) error {
-	req, err := json.Marshal(map[string]any{"execute": cmd, "arguments": args})
+	msg := map[string]any{"execute": cmd}
+	if args != nil {
+		// "arguments": null is refused by qemu-ga ("QMP input member 'arguments' must be an
+		// object"): a guest-ping so sent fails on every guest
+		msg["arguments"] = args
+	}
+	req, err := json.Marshal(msg)
 	if err != nil {
 		return err
 	}

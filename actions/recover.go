@@ -49,10 +49,12 @@ type Report struct {
 	// Diagnosis is what the step saw before acting (repair, forced-restart).
 	Diagnosis *Diagnosis `json:"diagnosis,omitempty"`
 	// Evidence is where the step kept the console, serial log and diagnosis before forcing.
-	Evidence string  `json:"evidence,omitempty"`
-	Outcome  Outcome `json:"outcome"`
-	Detail   string  `json:"detail,omitempty"`
-	Duration Seconds `json:"duration_s"`
+	Evidence string `json:"evidence,omitempty"`
+	// EvidenceDuration is what saving the evidence added to the forced step.
+	EvidenceDuration Seconds `json:"evidence_s,omitempty"`
+	Outcome          Outcome `json:"outcome"`
+	Detail           string  `json:"detail,omitempty"`
+	Duration         Seconds `json:"duration_s"`
 }
 
 // ExitAlreadyHealthy is Report.Exit when the first probe passed and nothing was changed.
@@ -176,7 +178,7 @@ func (j *job) diagnose(rep *Report) *Diagnosis {
 		d = Diagnosis{Domain: j.domain, Verdict: VerdictUnknown, Why: err.Error()}
 	}
 	rep.Diagnosis = &d
-	j.audit.entry.Verdict = d.Verdict
+	j.audit.entry.Verdict, j.audit.entry.Why = d.Verdict, d.Why
 	return &d
 }
 
@@ -189,7 +191,9 @@ func (j *job) forceWithEvidence(rep *Report, force func() (string, error)) (stri
 	if err := j.forcedAllowed(); err != nil {
 		return "", err
 	}
+	t0 := time.Now()
 	path, err := j.saveEvidence(rep.Diagnosis)
+	rep.EvidenceDuration = Seconds(time.Since(t0))
 	note := ""
 	if err != nil {
 		note = "no evidence: " + err.Error()
@@ -346,6 +350,8 @@ func (j *job) recoverGate(rep *Report) ([]rung, error) {
 		return []rung{reboot, reset, destroyStart}, nil
 	case before.State == guest.Paused && before.Reason == guest.PausedUser:
 		return nil, fmt.Errorf("%w: domain is %s: paused by an operator; recover never resumes it", ErrHeld, before)
+	case before.State == guest.Paused && before.Reason == guest.PausedIOError:
+		return nil, fmt.Errorf("%w: domain is %s: storage failed; a restart does not fix it, a human must", ErrHeld, before)
 	case before.State == guest.Paused:
 		return []rung{destroyStart}, nil // a paused guest executes nothing; only destroy+start helps
 	}

@@ -25,6 +25,8 @@ type Hypervisor struct {
 	Stats   *kvm.Cache
 	Inv     *kvm.Inventories
 	HAProxy *haproxy.Client // nil without Plugins.KVM.HAProxy.Socket
+	// Event is the Zabbix problem the CLI's action works on (--event): its outcome is posted there.
+	Event   string
 	hapSnap *haproxy.Cache
 	log     plugin.Logger
 }
@@ -43,6 +45,9 @@ var (
 
 // New builds the connections for cfg. Nothing is dialled until the first call.
 func New(cfg *plugin.Config, log plugin.Logger) (*Hypervisor, error) {
+	if log == nil {
+		log = quiet{}
+	}
 	conn := kvm.NewConn(cfg.URI, cfg.Timeout, kvm.DefaultWorkers)
 	h := &Hypervisor{Cfg: cfg, Conn: conn, log: log,
 		Stats: kvm.NewCache(conn, time.Duration(cfg.CacheSeconds)*time.Second),
@@ -50,9 +55,7 @@ func New(cfg *plugin.Config, log plugin.Logger) (*Hypervisor, error) {
 	// two domains claiming one address is an operator's mistake or a guest lying: neither gets the
 	// address for pushes, pool mapping or checks until it is resolved, and the agent log says why
 	h.Inv.OnConflict(func(c kvm.Conflict) {
-		if log != nil {
-			log.Warningf("address conflict: %s", c)
-		}
+		log.Warningf("address conflict: %s", c)
 	})
 	if cfg.HAProxySocket != "" {
 		c, err := haproxy.New(cfg.HAProxySocket, cfg.Timeout)
@@ -65,6 +68,14 @@ func New(cfg *plugin.Config, log plugin.Logger) (*Hypervisor, error) {
 	}
 	return h, nil
 }
+
+// quiet is the Logger of a Hypervisor built without one.
+type quiet struct{}
+
+func (quiet) Debugf(string, ...any)   {}
+func (quiet) Infof(string, ...any)    {}
+func (quiet) Warningf(string, ...any) {}
+func (quiet) Errf(string, ...any)     {}
 
 // Open is the plugin's Opener: the dependencies of cfg, acting as caller.
 func Open(cfg *plugin.Config, caller string, log plugin.Logger) (*plugin.Deps, error) {
@@ -121,6 +132,9 @@ func (h *Hypervisor) Actor(caller string, dryRun bool) (*actions.Actor, error) {
 		Member: h.member, Owner: h.owner}
 	if h.HAProxy != nil {
 		opts.Pool = pool{h.HAProxy}
+	}
+	if h.Cfg.PushServer != "" || (h.Cfg.ZabbixURL != "" && h.Event != "") {
+		opts.OnEnd = h.tellZabbix
 	}
 	a, err := actions.New(h.Conn, Policy(h.Cfg), opts)
 	if err != nil {

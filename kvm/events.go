@@ -225,3 +225,19 @@ func watchdogAction(a libvirt.DomainEventWatchdogAction) string {
 	}
 	return fmt.Sprintf("action(%d)", a)
 }
+
+// States reads the state and reason of every domain in one call libvirtd answers from its own
+// state (no QEMU monitor), on the host lane: what the event watcher reconciles from after it
+// subscribed again.
+func (c *Conn) States(ctx context.Context) ([]guest.Record, error) {
+	var recs []guest.Record
+	err := c.read(ctx, laneHost, CallStats, "", func(l *libvirt.Connect) error {
+		var err error
+		recs, err = BulkStats(l, libvirt.DOMAIN_STATS_STATE)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("domain states: %w", err)
+	}
+	return recs, nil
+}

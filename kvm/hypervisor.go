@@ -134,23 +134,31 @@ func (c *Conn) MonitorStuck(ctx context.Context, domain string, limit time.Durat
 }
 
 // CPUTime is the domain's total CPU time so far (virDomainGetCPUStats from the domain's cgroup,
-// which needs neither QEMU's monitor nor the domain's job: it answers for a hung QEMU too).
+// else virDomainGetInfo from QEMU's /proc entry: neither needs QEMU's monitor nor the domain's
+// job, so it answers for a hung QEMU too).
 func (c *Conn) CPUTime(ctx context.Context, domain string) (time.Duration, error) {
 	var total time.Duration
-	err := c.Do(ctx, func(l *libvirt.Connect) error {
-		d, err := LookupDomain(l, domain)
+	// on the host lane: the diagnosis reads it while it pings a guest agent that may not answer,
+	// and libvirt's guest-sync before that ping waits 5 s on the Do lane's connection
+	err := c.read(ctx, laneHost, CallState, domain, func(l *libvirt.Connect) error {
+		d, err := c.lookup(l, domain)
 		if err != nil {
 			return err
 		}
 		defer d.Free()
 		stats, err := d.GetCPUStats(-1, 1, 0)
-		if err != nil {
-			return err
+		if err == nil && len(stats) > 0 && stats[0].CpuTimeSet {
+			total = time.Duration(stats[0].CpuTime)
+			return nil
 		}
-		if len(stats) == 0 || !stats[0].CpuTimeSet {
-			return fmt.Errorf("no cpu_time in the domain's CPU statistics")
+		// without a cpuacct cgroup (libvirtd in a container, cgroups not delegated) libvirt
+		// refuses the statistics; virDomainGetInfo reads QEMU's /proc/PID/stat instead, also
+		// without the monitor
+		info, ierr := d.GetInfo()
+		if ierr != nil {
+			return fmt.Errorf("cpu statistics: %v; domain info: %w", err, ierr)
 		}
-		total = time.Duration(stats[0].CpuTime)
+		total = time.Duration(info.CpuTime)
 		return nil
 	})
 	return total, err

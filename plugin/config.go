@@ -50,6 +50,8 @@ type Config struct {
 	HealthPath         string
 	StateDir           string
 	AuditLog           string
+	ZabbixURL          string // frontend or api_jsonrpc.php address, for problem messages
+	ZabbixTokenFile    string // file holding the API token
 	PushServer         string
 	PushHost           string
 	PushInterval       time.Duration
@@ -200,7 +202,15 @@ var options = []option{
 	{"Actions.EvidenceKeep", "10", "1-1000", "Evidence directories (console screenshot, serial log tail, diagnosis) kept per domain under StateDir/evidence/.", intRange(1, 1000, func(c *Config, n int) { c.EvidenceKeep = n })},
 	{"StateDir", "/var/lib/zabbix-agent2-plugin-kvm", "", "Directory for per-domain locks and rate-limit state, shared by the plugin and the CLI.", absPath(func(c *Config, v string) { c.StateDir = v })},
 	{"AuditLog", "/var/log/zabbix/kvm-actions.log", "", "File that gets one JSON line per action attempt.", absPath(func(c *Config, v string) { c.AuditLog = v })},
-	{"Push.Server", "", "", "host:port of the Zabbix server or proxy trapper that gets haproxy server state changes at once; for a 7.0 proxy group, its proxies separated by ';' (values go to the one that monitors this host: the others redirect, a lost one is skipped). Empty: no push.", func(c *Config, v string) error {
+	{"Zabbix.URL", "", "", "Zabbix frontend address (http://zabbix/ or its api_jsonrpc.php). With Zabbix.TokenFile, every action run for a problem (--event, as the ladder's scripts pass {EVENT.ID}) posts its one-line outcome on that problem as a message (event.acknowledge). Empty: no messages.", func(c *Config, v string) error {
+		if v != "" && !strings.HasPrefix(v, "http://") && !strings.HasPrefix(v, "https://") {
+			return fmt.Errorf("must start with http:// or https://")
+		}
+		c.ZabbixURL = v
+		return nil
+	}},
+	{"Zabbix.TokenFile", "", "", "File holding the Zabbix API token for Zabbix.URL (an API token of a user with write access to the guests' problems); readable by the agent's user, by nobody else.", absPath(func(c *Config, v string) { c.ZabbixTokenFile = v })},
+	{"Push.Server", "", "", "host:port of the Zabbix server or proxy trapper that gets, at once, haproxy server state changes (with HAProxy.Socket), libvirt domain events (kvm.domain.event.push) and the ladder's step reports (kvm.domain.ladder.push); for a 7.0 proxy group, its proxies separated by ';' (values go to the one that monitors this host: the others redirect, a lost one is skipped). Empty: no push.", func(c *Config, v string) error {
 		for _, a := range strings.FieldsFunc(v, func(r rune) bool { return r == ';' || r == ',' }) {
 			if _, _, err := net.SplitHostPort(strings.TrimSpace(a)); err != nil {
 				return fmt.Errorf("%q must be host:port", strings.TrimSpace(a))
@@ -260,11 +270,11 @@ func ParseOptionsAt(opts map[string]conf.Value, globalTimeout int, where func(na
 		}
 		c.Timeout = time.Duration(globalTimeout) * time.Second
 	}
+	if (c.ZabbixURL == "") != (c.ZabbixTokenFile == "") {
+		return nil, fmt.Errorf("invalid option Plugins.%s.Zabbix.TokenFile: Zabbix.URL and Zabbix.TokenFile go together", Name)
+	}
 	if c.PushServer != "" && c.PushHost == "" {
 		return nil, fmt.Errorf("invalid option Plugins.%s.Push.Host: required when Push.Server is set", Name)
-	}
-	if c.PushServer != "" && c.HAProxySocket == "" {
-		return nil, fmt.Errorf("invalid option Plugins.%s.Push.Server: needs Plugins.%s.HAProxy.Socket", Name, Name)
 	}
 	return c, nil
 }

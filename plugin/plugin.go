@@ -142,7 +142,7 @@ func (p *Plugin) Start() {
 	if stop := startEvents(cfg, deps, p.Logger()); stop != nil {
 		stops = append(stops, stop)
 	}
-	if cfg.PushServer != "" {
+	if cfg.PushServer != "" && cfg.HAProxySocket != "" {
 		if stop := startPush(cfg, deps, p.Logger()); stop != nil {
 			stops = append(stops, stop)
 		}

@@ -66,8 +66,9 @@ func TestParseOptions(t *testing.T) {
 		{"-uri", opts("URI", "qemu"), "Plugins.KVM.URI", nil},
 		{"-haproxy", opts("HAProxy.Socket", "localhost:9999"), "Plugins.KVM.HAProxy.Socket", nil},
 		{"-push without host", opts("Push.Server", "127.0.0.1:10051", "HAProxy.Socket", "/s"), "Plugins.KVM.Push.Host: required", nil},
-		{"-push without haproxy", opts("Push.Server", "127.0.0.1:10051", "Push.Host", "h"), "needs Plugins.KVM.HAProxy.Socket", nil},
 		{"-push server", opts("Push.Server", "zabbix"), "Plugins.KVM.Push.Server", nil},
+		{"-zabbix url without token", opts("Zabbix.URL", "http://zbx/"), "Zabbix.URL and Zabbix.TokenFile go together", nil},
+		{"-zabbix url scheme", opts("Zabbix.URL", "zbx", "Zabbix.TokenFile", "/t"), "Plugins.KVM.Zabbix.URL", nil},
 		{"-unknown", opts("Uri", "x", "Foo.Bar", "1"), "unknown option Plugins.KVM.Foo.Bar (line 12), Plugins.KVM.Uri (line 10)", nil},
 	}
 	for _, tt := range tests {

@@ -117,34 +117,42 @@ func (ps *pusher) change(c haproxy.Change) {
 }
 
 func (ps *pusher) send(c haproxy.Change, key string, mine uint64, items []sender.Item) {
-	backoff := ps.retry
-	for attempt := 1; ; attempt++ {
+	superseded := func() bool {
 		ps.mu.Lock()
-		superseded := ps.seq[key] != mine
-		ps.mu.Unlock()
-		if superseded {
+		defer ps.mu.Unlock()
+		return ps.seq[key] != mine
+	}
+	deliver(ps.snd, ps.cfg.Timeout, ps.retry, ps.stop, ps.log, fmt.Sprintf("haproxy push %s %s→%s", key, c.Old, c.New), items, superseded)
+}
+
+// deliver sends items, retrying a send that got no answer with backoff (pushAttempts at most)
+// until stop; superseded (may be nil) says a newer value replaced these, which are then dropped.
+// A refusal by the server is not retried: sending the same values again changes nothing.
+func deliver(snd Sender, timeout, retry time.Duration, stop <-chan struct{}, log Logger, what string, items []sender.Item, superseded func() bool) {
+	backoff := retry
+	for attempt := 1; ; attempt++ {
+		if superseded != nil && superseded() {
 			return
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), ps.cfg.Timeout)
-		res, err := ps.snd.Send(ctx, items...)
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		res, err := snd.Send(ctx, items...)
 		cancel()
 		if err == nil {
-			ps.log.Debugf("haproxy push %s %s→%s: %s", key, c.Old, c.New, res.Info)
+			log.Debugf("%s: %s", what, res.Info)
 			return
 		}
 		if res.Response != "" {
-			// the server answered and refused some values (an item or host it does not know):
-			// sending them again changes nothing
-			ps.log.Warningf("haproxy push %s %s→%s: %v", key, c.Old, c.New, err)
+			// the server answered and refused some values (an item or host it does not know)
+			log.Warningf("%s: %v", what, err)
 			return
 		}
 		if attempt == pushAttempts {
-			ps.log.Warningf("haproxy push %s %s→%s: giving up after %d attempts: %v", key, c.Old, c.New, attempt, err)
+			log.Warningf("%s: giving up after %d attempts: %v", what, attempt, err)
 			return
 		}
-		ps.log.Debugf("haproxy push %s %s→%s: attempt %d: %v", key, c.Old, c.New, attempt, err)
+		log.Debugf("%s: attempt %d: %v", what, attempt, err)
 		select {
-		case <-ps.stop:
+		case <-stop:
 			return
 		case <-time.After(backoff):
 		}

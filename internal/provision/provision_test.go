@@ -104,6 +104,10 @@ func TestCommands(t *testing.T) {
 		o.Command(ButtonCaller, "hold", "--for", "1h", "--reason", "frontend"))
 	path, conf := parseCommand(o.Command(LadderCaller, "reboot"))
 	assert.Equal(t, [2]string{o.PluginPath, o.ConfigFile}, [2]string{path, conf})
+	assert.Equal(t, "exec /usr/sbin/zabbix-agent2-plugin/zabbix-agent2-plugin-kvm -c /etc/kvm.conf --caller zabbix --event {EVENT.ID} forced-restart '{HOST.HOST}'",
+		o.ladderCommand("forced-restart"), "the ladder names its problem, for the outcome's message")
+	path, conf = parseCommand(o.ladderCommand("reboot"))
+	assert.Equal(t, [2]string{o.PluginPath, o.ConfigFile}, [2]string{path, conf})
 	path, conf = parseCommand("/opt/kvm --caller zabbix reboot '{HOST.HOST}'")
 	assert.Equal(t, [2]string{"/opt/kvm", ""}, [2]string{path, conf})
 	path, _ = parseCommand("sudo /opt/kvm reboot")

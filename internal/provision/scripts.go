@@ -15,12 +15,19 @@ func (s *setup) scripts(ctx context.Context) error {
 	}
 	for _, sc := range ladder {
 		desired := map[string]any{"name": sc.name, "type": 0, "scope": 1, "execute_on": 0,
-			"command": s.o.Command(LadderCaller, sc.verb), "description": sc.desc}
+			"command": s.o.ladderCommand(sc.verb), "description": sc.desc}
 		if _, err := s.ensure(ctx, object{kind: "script", api: "script", idField: "scriptid", name: sc.name, desired: desired}); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// ladderCommand is an Action operation's command: it names the problem ({EVENT.ID}, expanded by the
+// server to digits before the agent sees the command), so the plugin can post its outcome there
+// when Plugins.KVM.Zabbix.URL is set.
+func (o *Options) ladderCommand(verb string) string {
+	return o.command(LadderCaller, []string{"--event", "{EVENT.ID}"}, verb)
 }
 
 // button is a manual host action script on guest hosts: what an operator can press in the

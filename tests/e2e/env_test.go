@@ -160,9 +160,13 @@ frontend static
 	return b.String()
 }
 
+// envTweak changes the plugin's options or zabbix setup's before they are used, with the Zabbix
+// stack already up (tests/e2e/events_test.go).
+type envTweak func(e *env, plugin map[string]string, setup *provision.Options)
+
 // startEnv brings up the whole scenario and returns once every guest is a Zabbix host with the
 // guest template linked and its items polled.
-func startEnv(t testing.TB, specs []guestSpec) *env {
+func startEnv(t testing.TB, specs []guestSpec, tweaks ...envTweak) *env {
 	t.Helper()
 	harness.RequireRoot(t)
 	t0 := time.Now()
@@ -229,6 +233,16 @@ func startEnv(t testing.TB, specs []guestSpec) *env {
 		"Push.Host":                hypervisor,
 		"Push.Interval":            "1",
 	}
+	setupOpts := provision.Options{
+		PluginPath: e.bin, ConfigFile: e.kvmConf,
+		SMTPServer: "127.0.0.1", SMTPPort: e.zbx.SMTP.Port, SMTPFrom: mailFrom,
+		User: "Admin", UserEmail: oncall,
+		GentleAfter: gentleAfter, ForcedAfter: forcedAfter, PageAfter: pageAfter,
+		HypervisorHost: hypervisor, HypervisorIP: "127.0.0.1",
+	}
+	for _, tw := range tweaks {
+		tw(e, opts, &setupOpts)
+	}
 	keys := make([]string, 0, len(opts))
 	for k := range opts {
 		keys = append(keys, k)
@@ -257,13 +271,8 @@ func startEnv(t testing.TB, specs []guestSpec) *env {
 
 	ctx, cancel := ctxT(3 * time.Minute)
 	defer cancel()
-	e.rep, err = provision.Setup(ctx, e.zbx.API, provision.Options{
-		PluginPath: e.bin, ConfigFile: e.kvmConf,
-		SMTPServer: "127.0.0.1", SMTPPort: e.zbx.SMTP.Port, SMTPFrom: mailFrom,
-		User: "Admin", UserEmail: oncall,
-		GentleAfter: gentleAfter, ForcedAfter: forcedAfter, PageAfter: pageAfter,
-		HypervisorHost: hypervisor, HypervisorIP: "127.0.0.1", HypervisorPort: e.agent.Port,
-	})
+	setupOpts.HypervisorPort = e.agent.Port
+	e.rep, err = provision.Setup(ctx, e.zbx.API, setupOpts)
 	if err != nil {
 		t.Fatalf("zabbix setup: %v\n%s", err, e.rep)
 	}
@@ -362,13 +371,14 @@ type item struct {
 	History   string `json:"history"`
 	Type      string `json:"type"`
 	Flags     string `json:"flags"`
+	Master    string `json:"master_itemid"`
 }
 
 func (e *env) items(hostid string) []item {
 	e.t.Helper()
 	var out []item
 	e.call("item.get", map[string]any{"hostids": hostid, "webitems": true,
-		"output": []string{"itemid", "key_", "name", "state", "error", "lastclock", "lastvalue", "history", "type", "flags"}}, &out)
+		"output": []string{"itemid", "key_", "name", "state", "error", "lastclock", "lastvalue", "history", "type", "flags", "master_itemid"}}, &out)
 	return out
 }
 
@@ -378,12 +388,16 @@ func (e *env) items(hostid string) []item {
 func itemProblems(items []item, wantKeys []string) []string {
 	var bad []string
 	have := map[string]bool{}
+	trappers := map[string]bool{}
+	for _, it := range items {
+		trappers[it.ItemID] = it.Type == "2"
+	}
 	for _, it := range items {
 		have[it.Key] = true
 		switch {
 		case it.State != "0":
 			bad = append(bad, fmt.Sprintf("unsupported %s: %s", it.Key, it.Error))
-		case it.Type == "2": // trapper: gets values only when the plugin pushes
+		case it.Type == "2", trappers[it.Master]: // trapper, or fed by one: gets values only when the plugin pushes
 		case it.History == "0":
 		case it.LastClock == "" || it.LastClock == "0":
 			bad = append(bad, "no value yet: "+it.Key)

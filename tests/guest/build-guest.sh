@@ -99,7 +99,8 @@ build() {
     for d in ${deps//,/ }; do add "$d"; done
     order+=("$m")
   }
-  for n in virtio_pci virtio_net virtio_console virtio_blk virtio_balloon evdev button; do add "$n"; done
+  # pvpanic: a kernel panic reaches QEMU (and libvirt's crashed/panicked event) when the domain has a <panic> device
+  for n in virtio_pci virtio_net virtio_console virtio_blk virtio_balloon evdev button pvpanic_mmio pvpanic_pci; do add "$n"; done
   for n in "${order[@]}"; do cp "${path[$n]}" "$root/usr/lib/modules/$n.ko"; done
   printf '%s\n' "${order[@]}" >"$root/etc/modules-order"
 

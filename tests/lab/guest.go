@@ -43,6 +43,15 @@ type GuestOpts struct {
 	NoKernel bool   // no kernel, no disk: sits in SeaBIOS, ignores ACPI, no agent, no HTTP (ACPI/Agent ignored)
 	Title    string // libvirt <title>
 	Start    bool   // start it now; false leaves it defined and shut off
+	// Panic adds a pvpanic device (ISA, libvirt's default): a kernel panic in the guest (Panic on a
+	// running guest) becomes libvirt's crashed/panicked event; on_crash destroys the guest.
+	Panic bool
+	// FullDisk adds vdb, 16 MiB as the guest sees it, backed by a file on a 1 MiB tmpfs of the
+	// test's own, with error_policy stop: writing it fills the tmpfs and QEMU pauses the guest
+	// on an I/O error (FillDisk), as a full or failed datastore does.
+	FullDisk bool
+	// Video adds a VGA card (the lab's guests have none): what a console screenshot needs.
+	Video bool
 }
 
 // Guest is one libvirt domain of the lab, removed (destroy + undefine) when the test that made it ends.
@@ -53,6 +62,8 @@ type Guest struct {
 	idx    int
 	opts   GuestOpts
 	serial string
+
+	fullDisk string // FullDisk's backing file, on a tmpfs of its own
 
 	mu      sync.Mutex
 	started time.Time
@@ -111,6 +122,9 @@ func (l *Lab) Guest(t testing.TB, name string, opts GuestOpts) *Guest {
 			t.Fatal(err)
 		}
 	}
+	if opts.FullDisk && !opts.NoKernel {
+		g.fullDisk = smallTmpfsFile(t, filepath.Join(dir, "fulldisk"))
+	}
 	if err := os.WriteFile(xmlPath, []byte(g.domainXML(disk)), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -160,6 +174,15 @@ func (g *Guest) domainXML(disk string) string {
 	b.WriteString("  <devices>\n    <emulator>/usr/bin/qemu-system-x86_64</emulator>\n")
 	if !g.opts.NoKernel {
 		fmt.Fprintf(&b, "    <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='%s'/><target dev='vda' bus='virtio'/></disk>\n", esc(disk))
+	}
+	if g.fullDisk != "" {
+		fmt.Fprintf(&b, "    <disk type='file' device='disk'><driver name='qemu' type='raw' error_policy='stop' rerror_policy='stop'/><source file='%s'/><target dev='vdb' bus='virtio'/></disk>\n", esc(g.fullDisk))
+	}
+	if g.opts.Video {
+		b.WriteString("    <video><model type='vga'/></video>\n")
+	}
+	if g.opts.Panic {
+		b.WriteString("    <panic model='isa'><address type='isa' iobase='0x505'/></panic>\n")
 	}
 	// No option ROM: direct kernel boot does not need iPXE, and the no-kernel guest then simply
 	// finds nothing to boot.
@@ -219,6 +242,75 @@ func (g *Guest) remove() error {
 	delete(l.slots, g.idx)
 	l.mu.Unlock()
 	return err
+}
+
+// smallTmpfsFile mounts a 1 MiB tmpfs on dir (unmounted when the test ends, after the guest is
+// gone) and creates a sparse 16 MiB file on it: a disk that fails with ENOSPC once the guest has
+// written a megabyte.
+func smallTmpfsFile(t testing.TB, dir string) string {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=1m,mode=0755"); err != nil {
+		t.Fatalf("lab: tmpfs for a full disk on %s: %v", dir, err)
+	}
+	// registered before the guest's own cleanup, so it runs after it (cleanups run last first)
+	t.Cleanup(func() {
+		if err := syscall.Unmount(dir, syscall.MNT_DETACH); err != nil {
+			t.Errorf("lab: unmount %s: %v", dir, err)
+		}
+	})
+	f := filepath.Join(dir, "vdb.img")
+	if err := os.WriteFile(f, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(f, 16<<20); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// FillDisk writes FullDisk's vdb from the guest until QEMU pauses the guest on the I/O error. The
+// write never returns in the paused guest, so it is started without waiting for it.
+func (g *Guest) FillDisk(t testing.TB) {
+	t.Helper()
+	if g.fullDisk == "" {
+		t.Fatalf("lab: guest %s has no FullDisk", g.name)
+	}
+	g.spawn(t, "fill vdb", "/bin/dd", "if=/dev/zero", "of=/dev/vdb", "bs=64k", "count=64", "oflag=direct")
+}
+
+// spawn starts path in the guest through the agent (guest-exec) and does not wait for it.
+func (g *Guest) spawn(t testing.TB, what, path string, args ...string) {
+	t.Helper()
+	req, _ := json.Marshal(map[string]any{"execute": "guest-exec", "arguments": map[string]any{"path": path, "arg": args}})
+	if out, err := g.AgentCommand(string(req), 5*time.Second); err != nil {
+		t.Fatalf("lab: guest %s: %s: %v %s", g.name, what, err, out)
+	}
+}
+
+// Panic makes the guest's kernel panic (sysrq c through the agent); with Panic, libvirt reports
+// crashed/panicked and destroys the guest (on_crash).
+func (g *Guest) Panic(t testing.TB) {
+	t.Helper()
+	g.spawn(t, "panic", "/bin/sh", "-c", "echo c > /proc/sysrq-trigger")
+}
+
+// HangOS stops every process of the guest but init (kill -STOP -1 through the agent): the kernel
+// runs, QEMU answers its monitor, the agent and the services are silent: an OS hang. It returns
+// once the agent stopped answering.
+func (g *Guest) HangOS(t testing.TB) {
+	t.Helper()
+	// a second later, so the agent answers this request before it is stopped too
+	g.spawn(t, "hang", "/bin/sh", "-c", "sleep 1; kill -STOP -1")
+	err := harness.Wait(context.Background(), 15*time.Second, 200*time.Millisecond, func() (bool, error) {
+		_, err := g.AgentCommand(`{"execute":"guest-ping"}`, time.Second)
+		return err != nil, nil
+	})
+	if err != nil {
+		t.Fatalf("lab: guest %s: its agent still answers after kill -STOP -1: %v", g.name, err)
+	}
 }
 
 // Name is the libvirt domain name.

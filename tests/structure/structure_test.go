@@ -18,7 +18,7 @@ const module = "zabbix-agent2-plugin-kvm"
 // listed: nothing but tests may import them.
 var allowed = map[string][]string{
 	"":                     {"actions", "hypervisor", "internal/provision", "internal/zabbixapi", "plugin", "plugin/sdk/container"},
-	"hypervisor":           {"actions", "guestnet", "haproxy", "kvm", "plugin"},
+	"hypervisor":           {"actions", "guestnet", "haproxy", "internal/zabbixapi", "kvm", "plugin"},
 	"plugin":               {"guestnet", "haproxy", "kvm/guest", "plugin/sdk/comms", "plugin/sdk/conf", "plugin/sdk/metric", "plugin/sdk/plugin", "sender", "statedir"},
 	"actions":              {"kvm", "kvm/guest", "statedir"},
 	"kvm":                  {"kvm/guest"},
