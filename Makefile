@@ -41,7 +41,7 @@ lint: vet
 test: deps
 	$(MAKE) build vet
 	set -o pipefail; $(GO) test -count=1 -timeout 80m -tags integration ./... 2>&1 | tee test.out
-	set -o pipefail; $(GO) test -count=1 -timeout 30m -tags integration -run '^$$' -bench . -benchtime 1x \
+	set -o pipefail; FLEET_WINDOW=20s $(GO) test -count=1 -timeout 30m -tags integration -run '^$$' -bench . -benchtime 1x \
 		$$($(GO) list -tags integration ./... | grep -v /tests/e2e) 2>&1 | tee -a test.out
 
 # Unit tests only: no root, no daemons, no network beyond loopback; needs libvirt-dev to build.

@@ -355,7 +355,7 @@ func (f *Fleet) WaitDiscovered(t testing.TB, timeout time.Duration) Discovery {
 		}
 		polled := map[string]bool{}
 		for _, it := range items {
-			if it.State == "1" {
+			if it.State == "1" && !testDriverLimit(it.Error) {
 				return false, fmt.Errorf("%s on host %s unsupported: %s", it.Key, it.Host, it.Error)
 			}
 			if it.Clock != "0" {
@@ -375,11 +375,13 @@ func (f *Fleet) WaitDiscovered(t testing.TB, timeout time.Duration) Discovery {
 		hvIDs = append(hvIDs, hv.HostID)
 	}
 	if err := call("item.get", map[string]any{"hostids": append(ids, hvIDs...), "filter": map[string]any{"state": 1},
-		"output": []string{"hostid", "key_", "error"}, "limit": 5}, &bad); err != nil {
+		"output": []string{"hostid", "key_", "error"}}, &bad); err != nil {
 		t.Fatal(err)
 	}
-	if len(bad) > 0 {
-		t.Errorf("unsupported items in the fleet: %+v", bad)
+	for _, it := range bad {
+		if !testDriverLimit(it.Error) {
+			t.Errorf("unsupported item in the fleet: %+v", it)
+		}
 	}
 	return d
 }
@@ -410,4 +412,12 @@ func (f *Fleet) Migrate(t testing.TB, g *Guest, from, to *Hypervisor) {
 		hv.Agent.Stop()
 		hv.Agent.Start(t)
 	}
+}
+
+// testDriverLimit tells an item that is unsupported only because the fleet's guests live in
+// libvirt's test driver: it has no guest agent, and the plugin never dials the addresses it
+// reports (they are made up). Any other reason fails the fleet.
+func testDriverLimit(err string) bool {
+	return strings.Contains(err, "not supported by the connection driver: virDomainAgent") ||
+		strings.Contains(err, "comes from libvirt's test driver")
 }
