@@ -35,7 +35,9 @@ func TestFleet(t *testing.T) {
 		"{$KVM.POLL.INTERVAL}": "10s", "{$KVM.DISCOVERY.INTERVAL}": "20s",
 		// a guest that left a hypervisor is deleted at that hypervisor's next discovery, so the one
 		// it moved to can create it (Zabbix hosts are unique by name; see docs/fleet.md)
-		"{$KVM.LLD.LIFETIME}": "0", "{$KVM.AGENT.NODATA}": "1m"}})
+		"{$KVM.LLD.LIFETIME}": "0", "{$KVM.AGENT.NODATA}": "1m",
+		// the fleet only monitors (Actions.Enable=0), as README says such a hypervisor should be set
+		"{$KVM.ACTIONS.EXPECTED}": "0"}})
 	disc := f.WaitDiscovered(t, 5*time.Minute)
 	t.Logf("fleet %dx%d: every guest host discovered %.1fs after zabbix setup began, every guest's master item polled after %.1fs",
 		n, g, disc.Discovered.Seconds(), disc.Polled.Seconds())
@@ -106,14 +108,22 @@ func hypervisorDown(t *testing.T, f *Fleet, hv *Hypervisor) {
 	for _, h := range hosts {
 		ids = append(ids, h.ID)
 	}
-	hv.Agent.Stop()
-	stopped := time.Now()
 	type problem struct {
+		ID   string `json:"eventid"`
 		Name string `json:"name"`
 	}
+	var before []problem
+	if err := f.Zabbix.API.Call(ctx, "problem.get", map[string]any{"hostids": hv.HostID, "output": []string{"eventid", "name"}}, &before); err != nil {
+		t.Fatal(err)
+	}
+	if len(before) > 0 {
+		t.Fatalf("%s has problems before its agent stops: %+v", hv.Name, before)
+	}
+	hv.Agent.Stop()
+	stopped := time.Now()
 	var hvProblems []problem
 	harness.WaitFor(t, 4*time.Minute, time.Second, "a problem on "+hv.Name+" after its agent stopped", func() (bool, error) {
-		err := f.Zabbix.API.Call(ctx, "problem.get", map[string]any{"hostids": hv.HostID, "output": []string{"name"}}, &hvProblems)
+		err := f.Zabbix.API.Call(ctx, "problem.get", map[string]any{"hostids": hv.HostID, "output": []string{"eventid", "name"}}, &hvProblems)
 		return err == nil && len(hvProblems) > 0, err
 	})
 	took := time.Since(stopped)
