@@ -307,7 +307,10 @@ func startDaemon(name, bin, sock string, args ...string) (*daemon, error) {
 		return nil, err
 	}
 	defer lf.Close()
-	cmd := exec.Command(bin, args...)
+	cmd, err := daemonCommand(bin, args...)
+	if err != nil {
+		return nil, err
+	}
 	cmd.Stdout, cmd.Stderr = lf, lf
 	// Own process group: a Ctrl-C meant for go test must not kill it before the tests' cleanups ran.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
