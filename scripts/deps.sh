@@ -166,7 +166,9 @@ libvirt11() {
   in_root bookworm sh -c 'getent group kvm >/dev/null || groupadd -r kvm
     getent group libvirt-qemu >/dev/null || groupadd -r libvirt-qemu
     getent passwd libvirt-qemu >/dev/null || useradd -r -g libvirt-qemu -G kvm -d /var/lib/libvirt -s /usr/sbin/nologin libvirt-qemu'
-  printf '# written by scripts/deps.sh libvirt11 for tests/lab\nsecurity_driver = "none"\nuser = "root"\ngroup = "root"\n' \
+  # namespaces = []: chrooted, libvirt's private /dev for each QEMU has no usable /dev/ptmx ("Failed to
+  # create PTY"), so QEMU uses the root's /dev, the machine's bound into it
+  printf '# written by scripts/deps.sh libvirt11 for tests/lab\nsecurity_driver = "none"\nuser = "root"\ngroup = "root"\nnamespaces = []\n' \
     >"$dir/etc/libvirt/qemu.conf"
 }
 

@@ -73,6 +73,8 @@ func daemonCommand(bin string, args ...string) (*exec.Cmd, error) {
 			return nil, err
 		}
 	}
+	// The root's qemu.conf (scripts/deps.sh libvirt11) turns libvirt's per-QEMU mount namespace off:
+	// chrooted, it fails on "/" being no mount point, then on its private /dev having no PTYs.
 	script := `set -e; r=$1; shift
 for d in ` + strings.Join(rootBinds, " ") + `; do mount --rbind "$d" "$r$d"; done
 exec chroot "$r" "$@"`

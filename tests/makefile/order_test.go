@@ -27,6 +27,7 @@ var targets = []target{
 	{"test-e2e", "all", ""},
 	{"bench", "all", "bench.sh"},
 	{"bench-e2e", "all", "bench.sh"},
+	{"test-compat", "all", "compat.sh"},
 }
 
 // stand-ins, each appending one line to $ORDER_LOG. deps.sh installs libvirt-dev only for the
@@ -123,13 +124,14 @@ func runMake(t *testing.T, mk, goal, jobs string) ([]string, string, error) {
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "bin")
 	files := map[string]string{
-		"Makefile":         mk,
-		"scripts/deps.sh":  fakeDeps,
-		"scripts/demo.sh":  fakeScript,
-		"scripts/bench.sh": fakeScript,
-		"bin/go":           fakeGo,
-		"bin/git":          quiet,
-		"bin/gofmt":        quiet,
+		"Makefile":          mk,
+		"scripts/deps.sh":   fakeDeps,
+		"scripts/demo.sh":   fakeScript,
+		"scripts/bench.sh":  fakeScript,
+		"scripts/compat.sh": fakeScript,
+		"bin/go":            fakeGo,
+		"bin/git":           quiet,
+		"bin/gofmt":         quiet,
 	}
 	for name, text := range files {
 		p := filepath.Join(dir, name)
