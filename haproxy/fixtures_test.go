@@ -37,8 +37,6 @@ func fixtureOf(t testing.TB, version, name string) string {
 	return string(b)
 }
 
-func fixtureStats(t testing.TB) []Stat { t.Helper(); return fixtureStatsOf(t, "2.6") }
-
 func fixtureStatsOf(t testing.TB, version string) []Stat {
 	t.Helper()
 	stats, err := ParseStat(fixtureOf(t, version, "show_stat.csv"))
