@@ -3,8 +3,9 @@
 # and prints the matrix, component versions × test layer, with the MTTR of the scenario cells.
 # Usage: scripts/compat.sh [CELL...]   (default: every cell; scripts/compat.sh list names them)
 #        scripts/compat.sh table        (prints the matrix from the last results, runs nothing)
+#        scripts/compat.sh readme       (puts that table into README.md's "Compatibility")
 # Results accumulate in $COMPAT_DIR (default test-compat/): results.tsv has one line per cell run
-# (cell, pass|FAIL, seconds, MTTRs, UTC date), <cell>.log its go test output. The table shows each
+# (cell, pass|FAIL, seconds, MTTRs, UTC date, failed tests), <cell>.log its go test output. The table shows each
 # cell's last run and the date it last passed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -46,7 +47,7 @@ CELLS=(
 cell_ids() { local c; for c in "${CELLS[@]}"; do echo "${c%%|*}"; done; }
 
 run_cell() {
-  local id=$1 c env args found= t0 rc secs mttr status
+  local id=$1 c env args found= t0 rc secs mttr status fails
   for c in "${CELLS[@]}"; do
     [ "${c%%|*}" = "$id" ] || continue
     found=1; env=${c#*|}; args=${env#*|}; env=${env%%|*}
@@ -63,7 +64,8 @@ run_cell() {
   secs=$(($(date +%s) - t0))
   mttr=$(sed -n 's/^MTTR \([a-z-]*\): \([0-9.]*\)s$/\1 \2s/p' "$DIR/$id.log" | paste -sd, -)
   status=pass; [ $rc -eq 0 ] || status=FAIL
-  printf '%s\t%s\t%s\t%s\t%s\n' "$id" "$status" "$secs" "${mttr:--}" "$(date -u +%F)" >>"$RESULTS"
+  fails=$(sed -n 's/^--- FAIL: \([^ ]*\).*/\1/p' "$DIR/$id.log" | sort -u | paste -sd, -)
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$id" "$status" "$secs" "${mttr:--}" "$(date -u +%F)" "${fails:--}" >>"$RESULTS"
   echo "compat: $id: $status in ${secs}s${mttr:+ (MTTR $mttr)}" >&2
   return $rc
 }
@@ -75,7 +77,8 @@ last() {
   line=$(awk -F'\t' -v id="$1" '$1==id{l=$0} END{print l}' "$RESULTS" 2>/dev/null)
   pass=$(awk -F'\t' -v id="$1" '$1==id && $2=="pass"{d=$5} END{print d}' "$RESULTS" 2>/dev/null)
   [ -n "$line" ] || { echo "not run"; return; }
-  awk -F'\t' -v p="$pass" '{s=$2" "$3"s"; if($4!="-") s=s", MTTR "$4; if($2=="pass") s=s" ("p")"; else if(p!="") s=s", last passed "p; print s}' <<<"$line"
+  awk -F'\t' -v p="$pass" '{s=$2" "$3"s"; if($4!="-") { m=$4; gsub(/,/, ", ", m); s=s", MTTR "m }; if($6!="" && $6!="-") s=s": "$6
+    if($2=="pass") s=s" ("p")"; else if(p!="") s=s", last passed "p; print s}' <<<"$line"
 }
 
 # table prints the matrix as Markdown (README's "Compatibility" shows it): component versions × test
@@ -101,9 +104,19 @@ table() {
   echo "(1) a plugin built against libvirt 11.3 needs libvirt0 >= 11.3 (its package's Depends), so it never meets libvirt 9.0."
 }
 
+# readme puts the table into README.md between its compat:table markers.
+readme() {
+  local t; t=$(mktemp)
+  table >"$t"
+  awk -v t="$t" '/^<!-- compat:table -->$/{print; while((getline l < t)>0) print l; skip=1; next}
+    /^<!-- \/compat:table -->$/{skip=0} !skip' README.md >README.md.tmp && mv README.md.tmp README.md
+  rm -f "$t"
+}
+
 case ${1:-all} in
   list) cell_ids; exit 0 ;;
   table) table; exit 0 ;;
+  readme) readme; exit 0 ;;
   all) set -- $(cell_ids) ;;
 esac
 failed=0
