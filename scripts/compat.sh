@@ -21,7 +21,8 @@ RESULTS=$DIR/results.tsv
 B113=$CACHE/root/bookworm
 BUILD113="KVM_BUILD_LIBVIRT=11.3 PKG_CONFIG_LIBDIR=$B113/usr/lib/x86_64-linux-gnu/pkgconfig:$B113/usr/share/pkgconfig PKG_CONFIG_SYSROOT_DIR=$B113 CGO_LDFLAGS=-Wl,-rpath,$B113/usr/lib/x86_64-linux-gnu"
 LAB="./tests/kvmguests ./tests/lab ./actions/labtest"
-SCEN="-run ^TestScenarioSeed$ ./tests/e2e"
+# -v: go test shows a passing package's output (the MTTR lines) only with it
+SCEN="-v -run ^TestScenarioSeed$ ./tests/e2e"
 
 # cell id | environment | go test arguments (after -count=1 -tags integration). Scenario cells
 # name their versions explicitly; the baseline is server 7.0, agent 7.0.9, haproxy 2.6, libvirt 9.0.
