@@ -133,7 +133,7 @@ func (s *Inventories) background(key string, fn func(context.Context)) {
 // for the same domain (same UUID) when the XML names none.
 func (s *Inventories) fetch(ctx context.Context, name string) (*entry, error) {
 	var doc, uuid string
-	err := s.conn.read(ctx, laneHost, CallXML, name, func(l *libvirt.Connect) error {
+	err := s.conn.read(ctx, laneGuest, CallXML, name, func(l *libvirt.Connect) error {
 		d, err := s.conn.lookup(l, name)
 		if err != nil {
 			return err
