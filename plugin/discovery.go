@@ -28,7 +28,7 @@ func domainDiscovery(s Stats, inv Inventory, hp HAProxy) handler {
 			row := map[string]string{
 				"{#KVM.DOMAIN.NAME}": r.Name, "{#KVM.DOMAIN.UUID}": r.UUID, "{#KVM.DOMAIN.STATE}": r.Status().State.String(),
 				"{#KVM.DOMAIN.TITLE}": "", "{#KVM.DOMAIN.IP}": "",
-				"{#KVM.DOMAIN.HAPROXY.BACKEND}": "", "{#KVM.DOMAIN.HAPROXY.SERVER}": "",
+				"{#KVM.DOMAIN.HAPROXY.BACKEND}": "", "{#KVM.DOMAIN.HAPROXY.SERVER}": "", "{#KVM.DOMAIN.AGENT}": "0",
 			}
 			// a slow address source (a hung guest agent) must not cost the whole discovery: once the
 			// deadline is near, the remaining domains are listed with what the cache already has
@@ -41,6 +41,11 @@ func domainDiscovery(s Stats, inv Inventory, hp HAProxy) handler {
 				row["{#KVM.DOMAIN.TITLE}"] = in.Title
 				row["{#KVM.DOMAIN.IP}"] = in.IP
 				ip = in.IP
+				// the guest template watches qemu-guest-agent only where a channel is configured:
+				// a guest built without one would otherwise keep a warning forever
+				if in.HasAgent {
+					row["{#KVM.DOMAIN.AGENT}"] = "1"
+				}
 			}
 			if m, ok := pool.find(r.Name, ip); ok {
 				row["{#KVM.DOMAIN.HAPROXY.BACKEND}"] = m.Backend
