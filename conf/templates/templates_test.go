@@ -33,7 +33,7 @@ func walk(n any, keys map[string]bool, uuids *[]string) {
 func TestTemplatesCarryThePluginKeys(t *testing.T) {
 	want := map[string][]string{
 		Hypervisor: {"kvm.hypervisor.ping", "kvm.hypervisor.get", "kvm.domain.discovery", "haproxy.get", "haproxy.info",
-			"haproxy.discovery", "haproxy.server.discovery", "haproxy.server.status[{#HAPROXY.BACKEND},{#HAPROXY.SERVER}]",
+			"haproxy.discovery", "haproxy.server.discovery",
 			"haproxy.server.status.push[{#HAPROXY.BACKEND},{#HAPROXY.SERVER}]", "agent.ping", "kvm.actions.check"},
 		Guest: {"kvm.domain.state[{$KVM.DOMAIN}]", "kvm.domain.get[{$KVM.DOMAIN}]", "kvm.domain.disk.discovery[{$KVM.DOMAIN}]",
 			"kvm.domain.net.discovery[{$KVM.DOMAIN}]", "kvm.domain.agent.ping[{$KVM.DOMAIN}]", "kvm.domain.agent.get[{$KVM.DOMAIN}]",
