@@ -41,7 +41,7 @@ func TestTemplatesCarryThePluginKeys(t *testing.T) {
 			"kvm.domain.tcp[{$KVM.DOMAIN},{$KVM.TCP.PORT}]", `kvm.domain.http[{$KVM.DOMAIN},{$KVM.HTTP.PORT},"{$KVM.HTTP.PATH}"]`,
 			"haproxy.server.status[{$KVM.HAPROXY.BACKEND},{$KVM.HAPROXY.SERVER}]", "kvm.domain.pool.push", "kvm.domain.guard[{$KVM.DOMAIN}]"},
 	}
-	hex32 := regexp.MustCompile(`^[0-9a-f]{32}$`)
+	hex32 := regexp.MustCompile(`^[0-9a-f]{12}4[0-9a-f]{3}[89ab][0-9a-f]{15}$`) // UUIDv4: the server refuses others
 	seen := map[string]string{}
 	all := All()
 	require.Len(t, all, 2)
