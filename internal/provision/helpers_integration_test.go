@@ -336,6 +336,9 @@ UserParameter=kvm.domain.agent.ping[*],cat %[2]s/agentping-$1
 UserParameter=haproxy.server.discovery,cat %[2]s/serverdiscovery.json
 UserParameter=kvm.domain.guard[*],cat %[2]s/guard-$1.json
 UserParameter=kvm.domain.get[*],cat %[2]s/get-$1.json
+UserParameter=kvm.domain.state[*],cat %[2]s/state-$1
+UserParameter=kvm.domain.http[*],cat %[2]s/http-$1.json
+UserParameter=haproxy.get,cat %[2]s/haproxyget.json
 `, port, dir)), 0o644))
 	cmd := exec.Command(zbx.Agent70, "-c", conf, "-f")
 	out, err := os.Create(filepath.Join(dir, "agent2.out"))
