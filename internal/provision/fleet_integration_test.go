@@ -170,6 +170,11 @@ func TestOneFailureOneProblem70(t *testing.T) {
 	assert.Less(t, perMin, 6.5*fleetGuests, "agent requests per minute")
 	assert.Less(t, rows, 25000.0*fleetGuests, "history rows per day")
 
+	// One domain found by discovery: its host goes to the group of its hypervisor and carries the
+	// agent channel discovery reports. Its items have no values: it raises nothing.
+	writeFile(t, dir, "domaindiscovery.json", `[{"{#KVM.DOMAIN.NAME}":"found","{#KVM.DOMAIN.UUID}":"6f1c6a3e-2222-4222-8333-944455556666",`+
+		`"{#KVM.DOMAIN.STATE}":"running","{#KVM.DOMAIN.TITLE}":"","{#KVM.DOMAIN.IP}":"","{#KVM.DOMAIN.HAPROXY.BACKEND}":"",`+
+		`"{#KVM.DOMAIN.HAPROXY.SERVER}":"","{#KVM.DOMAIN.AGENT}":"0"}]`)
 	hv, _ := rep.Find("host", "kvm-hv01")
 	call(t, s, "usermacro.create", map[string]any{"hostid": hv.ID, "macro": "{$KVM.POLL.INTERVAL}", "value": "1s"}, nil)
 	call(t, s, "usermacro.create", map[string]any{"hostid": hv.ID, "macro": "{$KVM.DISCOVERY.INTERVAL}", "value": "2s"}, nil)
@@ -261,4 +266,31 @@ func TestOneFailureOneProblem70(t *testing.T) {
 	assert.Equal(t, []string{"Guest hung is out of the haproxy pool (web/hung)"}, hung, "one hung guest, one problem")
 	assert.Empty(t, off, "a guest shut down on purpose raises nothing")
 	assert.Empty(t, hvGuests, "the hypervisor adds nothing for its own guests")
+
+	var found []struct {
+		Groups []struct {
+			Name string `json:"name"`
+		} `json:"hostgroups"`
+		Macros []struct {
+			Macro string `json:"macro"`
+			Value string `json:"value"`
+		} `json:"macros"`
+	}
+	harness.WaitFor(t, 60*time.Second, time.Second, "discovered guest host", func() (bool, error) {
+		call(t, s, "host.get", map[string]any{"filter": map[string]any{"host": "6f1c6a3e-2222-4222-8333-944455556666"},
+			"selectHostGroups": []string{"name"}, "selectMacros": []string{"macro", "value"}, "output": []string{"hostid"}}, &found)
+		return len(found) == 1, fmt.Errorf("%d hosts", len(found))
+	})
+	var groups []string
+	for _, g := range found[0].Groups {
+		groups = append(groups, g.Name)
+	}
+	assert.ElementsMatch(t, []string{provision.GuestGroup, provision.GuestGroup + "/kvm-hv01"}, groups, "one group per hypervisor")
+	channel := ""
+	for _, m := range found[0].Macros {
+		if m.Macro == "{$KVM.AGENT.CHANNEL}" {
+			channel = m.Value
+		}
+	}
+	assert.Equal(t, "0", channel, "{$KVM.AGENT.CHANNEL} from discovery")
 }

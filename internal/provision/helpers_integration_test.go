@@ -339,6 +339,7 @@ UserParameter=kvm.domain.get[*],cat %[2]s/get-$1.json
 UserParameter=kvm.domain.state[*],cat %[2]s/state-$1
 UserParameter=kvm.domain.http[*],cat %[2]s/http-$1.json
 UserParameter=haproxy.get,cat %[2]s/haproxyget.json
+UserParameter=kvm.domain.discovery,cat %[2]s/domaindiscovery.json
 `, port, dir)), 0o644))
 	cmd := exec.Command(zbx.Agent70, "-c", conf, "-f")
 	out, err := os.Create(filepath.Join(dir, "agent2.out"))
