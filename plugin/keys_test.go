@@ -144,6 +144,8 @@ func TestDomainKeysFromCapture(t *testing.T) {
 }
 
 func TestDomainDiscoveryMapsHAProxyServers(t *testing.T) {
+	hostname, herr := os.Hostname()
+	require.NoError(t, herr)
 	p, _ := fixture(t, "qemu:///system")
 	v, err := get(t, p, "kvm.domain.discovery")
 	require.NoError(t, err)
@@ -153,7 +155,7 @@ func TestDomainDiscoveryMapsHAProxyServers(t *testing.T) {
 	require.Equal(t, map[string]string{
 		"{#KVM.DOMAIN.NAME}": "kvmt-cap", "{#KVM.DOMAIN.UUID}": "6f1c6a3e-1111-4222-8333-944455556666",
 		"{#KVM.DOMAIN.STATE}": "running", "{#KVM.DOMAIN.TITLE}": "Captured", "{#KVM.DOMAIN.IP}": "127.0.0.1",
-		"{#KVM.DOMAIN.HAPROXY.BACKEND}": "web", "{#KVM.DOMAIN.HAPROXY.SERVER}": "kvmt-cap", "{#KVM.DOMAIN.AGENT}": "1",
+		"{#KVM.DOMAIN.HAPROXY.BACKEND}": "web", "{#KVM.DOMAIN.HAPROXY.SERVER}": "kvmt-cap", "{#KVM.DOMAIN.AGENT}": "1", "{#KVM.HYPERVISOR}": hostname,
 	}, rows[0])
 	require.Equal(t, "", rows[1]["{#KVM.DOMAIN.HAPROXY.SERVER}"], "no server for web-off")
 	require.Equal(t, "0", rows[1]["{#KVM.DOMAIN.AGENT}"], "no guest agent channel known for web-off")

@@ -174,7 +174,7 @@ func TestOneFailureOneProblem70(t *testing.T) {
 	// agent channel discovery reports. Its items have no values: it raises nothing.
 	writeFile(t, dir, "domaindiscovery.json", `[{"{#KVM.DOMAIN.NAME}":"found","{#KVM.DOMAIN.UUID}":"6f1c6a3e-2222-4222-8333-944455556666",`+
 		`"{#KVM.DOMAIN.STATE}":"running","{#KVM.DOMAIN.TITLE}":"","{#KVM.DOMAIN.IP}":"","{#KVM.DOMAIN.HAPROXY.BACKEND}":"",`+
-		`"{#KVM.DOMAIN.HAPROXY.SERVER}":"","{#KVM.DOMAIN.AGENT}":"0"}]`)
+		`"{#KVM.DOMAIN.HAPROXY.SERVER}":"","{#KVM.DOMAIN.AGENT}":"0","{#KVM.HYPERVISOR}":"hv-test"}]`)
 	hv, _ := rep.Find("host", "kvm-hv01")
 	call(t, s, "usermacro.create", map[string]any{"hostid": hv.ID, "macro": "{$KVM.POLL.INTERVAL}", "value": "1s"}, nil)
 	call(t, s, "usermacro.create", map[string]any{"hostid": hv.ID, "macro": "{$KVM.DISCOVERY.INTERVAL}", "value": "2s"}, nil)
@@ -285,7 +285,7 @@ func TestOneFailureOneProblem70(t *testing.T) {
 	for _, g := range found[0].Groups {
 		groups = append(groups, g.Name)
 	}
-	assert.ElementsMatch(t, []string{provision.GuestGroup, provision.GuestGroup + "/kvm-hv01"}, groups, "one group per hypervisor")
+	assert.ElementsMatch(t, []string{provision.GuestGroup, provision.GuestGroup + "/hv-test"}, groups, "one group per hypervisor")
 	channel := ""
 	for _, m := range found[0].Macros {
 		if m.Macro == "{$KVM.AGENT.CHANNEL}" {
