@@ -167,8 +167,9 @@ func TestOneFailureOneProblem70(t *testing.T) {
 	perMin, rows, detail := fleetCost(t, s, rep)
 	t.Logf("fleet cost, 1 hypervisor with %d guests (%s): %.1f agent requests/min, %.0f history rows/day (%s)",
 		fleetGuests, s.APIVersion, perMin, rows, detail)
-	assert.Less(t, perMin, 6.5*fleetGuests, "agent requests per minute")
-	assert.Less(t, rows, 25000.0*fleetGuests, "history rows per day")
+	// budgets just above what the templates cost (issue 14: 253.6 requests/min and 1,245,663 rows/day before)
+	assert.Less(t, perMin, 200.0, "agent requests per minute")
+	assert.Less(t, rows, 800000.0, "history rows per day")
 
 	// One domain found by discovery: its host goes to the group of its hypervisor and carries the
 	// agent channel discovery reports. Its items have no values: it raises nothing.
