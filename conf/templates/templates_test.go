@@ -1,7 +1,10 @@
 package templates
 
 import (
+	"fmt"
 	"regexp"
+	"sort"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -462,4 +465,49 @@ func mustGet(t *testing.T, name string) Template {
 	tpl, err := Get(name)
 	require.NoError(t, err)
 	return tpl
+}
+
+// The server exports tags and macros sorted, and dashboard widgets by position (x, then y); a file
+// in another order makes configuration.importcompare report a change on every `zabbix setup` rerun
+// (seen on 7.0.9 with template tags, host prototype macros and widgets).
+func TestListsInTheServersOrder(t *testing.T) {
+	n := 0
+	var visit func(file string, v any)
+	visit = func(file string, v any) {
+		switch x := v.(type) {
+		case map[string]any:
+			for k, sub := range x {
+				l, _ := sub.([]any)
+				var keys []string
+				for _, e := range l {
+					m, _ := e.(map[string]any)
+					switch k {
+					case "tags":
+						keys = append(keys, m["tag"].(string)+"\x00"+fmt.Sprint(m["value"]))
+					case "macros":
+						keys = append(keys, m["macro"].(string))
+					case "widgets":
+						x, _ := strconv.Atoi(fmt.Sprint(m["x"]))
+						y, _ := strconv.Atoi(fmt.Sprint(m["y"]))
+						keys = append(keys, fmt.Sprintf("%04d%04d", x, y))
+					}
+				}
+				if len(keys) > 1 {
+					n++
+					assert.True(t, sort.StringsAreSorted(keys), "%s: %s not in the server's order: %q", file, k, keys)
+				}
+				visit(file, sub)
+			}
+		case []any:
+			for _, sub := range x {
+				visit(file, sub)
+			}
+		}
+	}
+	for _, tpl := range All() {
+		var doc map[string]any
+		require.NoError(t, yaml.Unmarshal(tpl.YAML, &doc))
+		visit(tpl.File, doc)
+	}
+	assert.Greater(t, n, 20)
 }
