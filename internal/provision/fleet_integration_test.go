@@ -202,7 +202,7 @@ func TestOneFailureOneProblem70(t *testing.T) {
 		writeFile(t, dir, "http-"+g+".json", `{"status":200,"time_ms":3,"error":""}`)
 	}
 	haproxyGet("UP")
-	macros := map[string]string{"{$KVM.STATS.INTERVAL}": "1s", "{$KVM.AGENT.SILENT}": "20s"}
+	macros := map[string]string{"{$KVM.AGENT.SILENT}": "20s"}
 	var guests []guest
 	for _, g := range []string{"hung", "off"} {
 		healthy(g)

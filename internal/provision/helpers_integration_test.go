@@ -413,7 +413,8 @@ func addGuest(t *testing.T, s *zbx.Stack, rep provision.Report, name string, age
 	gid, _ := rep.Find("host group", provision.GuestGroup)
 	tid, _ := rep.Find("template", templates.Guest)
 	ms := []map[string]string{{"macro": "{$KVM.DOMAIN}", "value": name}, {"macro": "{$KVM.HAPROXY.BACKEND}", "value": "web"},
-		{"macro": "{$KVM.HAPROXY.SERVER}", "value": name}, {"macro": "{$KVM.POLL.INTERVAL}", "value": "1s"}}
+		{"macro": "{$KVM.HAPROXY.SERVER}", "value": name}, {"macro": "{$KVM.POLL.INTERVAL}", "value": "1s"},
+		{"macro": "{$KVM.STATS.INTERVAL}", "value": "1s"}}
 	for k, v := range macros {
 		ms = append(ms, map[string]string{"macro": k, "value": v})
 	}
