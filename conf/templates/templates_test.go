@@ -467,9 +467,11 @@ func mustGet(t *testing.T, name string) Template {
 	return tpl
 }
 
-// The server exports tags and macros sorted, and dashboard widgets by position (x, then y); a file
-// in another order makes configuration.importcompare report a change on every `zabbix setup` rerun
-// (seen on 7.0.9 with template tags, host prototype macros and widgets).
+// The server exports tags and macros sorted, and dashboard widgets by position (x, then y) on 7.0
+// but by name on 6.0, and widget fields by name on 7.0 but by type on 6.0; a file in another
+// order makes configuration.importcompare report a change on every `zabbix setup` rerun (seen on
+// 7.0.9 with template tags, host prototype macros and widgets, and on 6.0.14). So widgets' names
+// follow their positions, and a widget has one field.
 func TestListsInTheServersOrder(t *testing.T) {
 	n := 0
 	var visit func(file string, v any)
@@ -478,7 +480,7 @@ func TestListsInTheServersOrder(t *testing.T) {
 		case map[string]any:
 			for k, sub := range x {
 				l, _ := sub.([]any)
-				var keys []string
+				var keys, names []string
 				for _, e := range l {
 					m, _ := e.(map[string]any)
 					switch k {
@@ -490,11 +492,15 @@ func TestListsInTheServersOrder(t *testing.T) {
 						x, _ := strconv.Atoi(fmt.Sprint(m["x"]))
 						y, _ := strconv.Atoi(fmt.Sprint(m["y"]))
 						keys = append(keys, fmt.Sprintf("%04d%04d", x, y))
+						names = append(names, strings.ToLower(fmt.Sprint(m["name"])))
+						fields, _ := m["fields"].([]any)
+						assert.Len(t, fields, 1, "%s: widget %q", file, m["name"])
 					}
 				}
 				if len(keys) > 1 {
 					n++
 					assert.True(t, sort.StringsAreSorted(keys), "%s: %s not in the server's order: %q", file, k, keys)
+					assert.True(t, sort.StringsAreSorted(names), "%s: %s not in 6.0's order (by name): %q", file, k, names)
 				}
 				visit(file, sub)
 			}
