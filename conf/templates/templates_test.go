@@ -370,6 +370,11 @@ func TestGuestProblemsDependOnTheLadder(t *testing.T) {
 			if strings.Contains(expr, "kvm.domain.pool.in") {
 				assert.Contains(t, expr, "last(/"+Guest+"/kvm.domain.stopped)=0", "trigger %q", tr["name"])
 			}
+			// the page counts from the first 0 of kvm.domain.pool.in, the ladder's problem opens once
+			// kvm.domain.stopped has a value too: the page waits for that value to be as old
+			if tags(tr)["kvm.ladder"][0] == "page" && strings.Contains(expr, "{$KVM.PAGE.AFTER}") {
+				assert.Contains(t, expr, "last(/"+Guest+"/kvm.domain.stopped,#1:now-{$KVM.PAGE.AFTER})=0", "trigger %q", tr["name"])
+			}
 		}
 	}
 	assert.Equal(t, 3, n, "crashed or paused, guest agent silent, HTTP failing")
