@@ -43,7 +43,7 @@ func (e *env) screenshots(t *testing.T, r *repair) {
 		hg, _ := e.rep.Find("host group", g)
 		rights = append(rights, map[string]any{"id": hg.ID, "permission": 2})
 	}
-	// also the "KVM guests/<domain>" groups the host prototype made
+	// also the "KVM guests/<hypervisor>" groups the host prototype made
 	var sub []struct {
 		ID string `json:"groupid"`
 	}
