@@ -269,3 +269,30 @@ func TestPoolSetPolicy(t *testing.T) {
 	require.ErrorIs(t, err, ErrLocked)
 	assert.Contains(t, err.Error(), "held by zabbix reboot")
 }
+
+// A guest restarted less than HealthTimeout ago is still booting: its silent agent and busy vCPUs
+// must not count as a hung OS (the os-hung reset would make a boot loop).
+func TestStillBooting(t *testing.T) {
+	f := newFixture(t, nil)
+	a := f.actor(t, Options{})
+	dir, err := statedir.Open(f.pol.StateDir)
+	require.NoError(t, err)
+	j := &job{a: a, dir: dir, domain: testDomain}
+	_, booting, err := j.stillBooting()
+	require.NoError(t, err)
+	assert.False(t, booting, "never restarted")
+	require.NoError(t, dir.UpdateDomain(testDomain, f.clock.Now(), func(s *statedir.Domain) error {
+		s.AddRestart(f.clock.Now(), "start", 0)
+		return nil
+	}))
+	f.clock.Advance(a.pol.HealthTimeout / 2)
+	why, booting, err := j.stillBooting()
+	require.NoError(t, err)
+	assert.True(t, booting)
+	assert.Contains(t, why, "restarted")
+	assert.Contains(t, why, "(start)")
+	f.clock.Advance(a.pol.HealthTimeout)
+	_, booting, err = j.stillBooting()
+	require.NoError(t, err)
+	assert.False(t, booting, "past HealthTimeout")
+}

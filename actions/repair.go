@@ -3,8 +3,10 @@ package actions
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"zabbix-agent2-plugin-kvm/kvm/guest"
+	"zabbix-agent2-plugin-kvm/statedir"
 )
 
 // StepRepair is the repair commands' step of repair.
@@ -47,6 +49,11 @@ func (a *Actor) Repair(ctx context.Context, domain string) (Report, error) {
 			rep.Exit, rep.Healthy = StepRepair, true
 			return nil
 		case VerdictOSHung:
+			if why, booting, err := j.stillBooting(); err != nil {
+				return err
+			} else if booting {
+				return fmt.Errorf("%w: %s", ErrHeld, why)
+			}
 			return forced(StepReset, func() (string, error) {
 				if a.opts.DryRun {
 					return "would reset: " + diag.Why, j.forcedAllowed()
@@ -108,4 +115,27 @@ func firstLine(s string) string {
 		}
 	}
 	return s
+}
+
+// stillBooting tells whether a step of ours restarted the domain less than HealthTimeout ago: a
+// guest still booting has a silent agent and busy vCPUs, which is what a hung OS looks like, and a
+// reset then would make a boot loop. Seen in the events scenario: a panicked guest started by one
+// repair was diagnosed os-hung and reset 3.4 s later by the repair of its out-of-pool problem.
+func (j *job) stillBooting() (string, bool, error) {
+	ds, err := j.dir.ReadDomain(j.domain)
+	if err != nil {
+		return "", false, err
+	}
+	now := j.a.opts.Clock.Now()
+	rs := ds.RecentRestarts(now)
+	if len(rs) == 0 {
+		return "", false, nil
+	}
+	last := rs[len(rs)-1]
+	ago := statedir.Since(last.At, now)
+	if ago >= j.a.pol.HealthTimeout {
+		return "", false, nil
+	}
+	return fmt.Sprintf("restarted %s ago (%s): it gets Actions.HealthSeconds (%s) to come up before a silent agent and busy vCPUs count as a hung OS",
+		ago.Round(time.Second), last.By, j.a.pol.HealthTimeout), true, nil
 }
