@@ -223,3 +223,40 @@ func TestEvidenceOfAnOSHang(t *testing.T) {
 	_, err = os.Stat(filepath.Join(rep.Evidence, "diagnosis.json"))
 	require.NoError(t, err)
 }
+
+// A guest whose watchdog expires (i6300esb, action none; the guest boots Debian's standard kernel
+// flavour for its driver): libvirt's watchdog event reaches the guest host's trapper item with
+// the ladder's problem, and the guest keeps running (action none). The test logs how long after
+// libvirt's callback the value arrived, and after the daemon was stopped.
+func TestEventsWatchdogExpiry(t *testing.T) {
+	l := lab.Get(t)
+	g := l.Guest(t, "kvmt-ev-wdog", lab.GuestOpts{Start: true, Agent: true, Watchdog: true})
+	g.WaitAgent(t, 90*time.Second)
+
+	trap := sendertest.Start(t, sendertest.Options{})
+	got := collect(t, trap)
+	o := map[string]conf.Value{}
+	for k, v := range map[string]string{"URI": l.URI(), "Timeout": "5", "Push.Server": trap.Addr, "Push.Host": "hv-lab"} {
+		o[k] = conf.Value{Value: v}
+	}
+	cfg, err := plugin.ParseOptions(o, 3)
+	require.NoError(t, err)
+	p := plugin.New(hypervisor.Open)
+	require.NoError(t, p.Apply(cfg, plugin.AgentCaller))
+	p.Start()
+	t.Cleanup(p.Stop)
+	v, _ := await(t, got, time.Now().Add(-time.Minute), g.UUID(), "kvm.domain.event.push", func(v plugin.EventValue) bool { return v.Reconciled })
+	require.Equal(t, "", *v.Ladder)
+
+	const secs = 5
+	stopped := g.StarveWatchdog(t, secs)
+	v, at := await(t, got, stopped, g.UUID(), "kvm.domain.event.push", func(v plugin.EventValue) bool { return v.Kind == "watchdog" })
+	require.Equal(t, "none", v.Reason)
+	require.Equal(t, "watchdog fired (action none)", *v.Ladder)
+	fired, err := time.Parse(time.RFC3339Nano, v.Time)
+	require.NoError(t, err, v.Time)
+	require.False(t, fired.Before(stopped.Add(-2*time.Second)), "fired %s before the daemon stopped %s", fired, stopped)
+	t.Logf("watchdog (timeout %d s): daemon stopped → watchdog/none at the trapper in %s; libvirt's callback → trapper %s",
+		secs, at.Sub(stopped).Round(time.Millisecond), at.Sub(fired).Round(time.Millisecond))
+	require.Equal(t, "running", g.State(t), "action none leaves the guest running")
+}
