@@ -113,8 +113,9 @@ func (e *env) shoot(t *testing.T, shots []shot) {
 // when the step could take one, goes to docs/img too.
 func (e *env) eventScreenshots(t *testing.T, forced string, since time.Time) {
 	t.Helper()
+	// kiosk=1: the problem list without the filter form and the menu, so the stories fit
 	e.shoot(t, []shot{{"zabbix-ladder-story.png",
-		"zabbix.php?action=problem.view&filter_set=1&show=1&show_timeline=0&show_opdata=1&sort=host&sortorder=ASC"}})
+		"zabbix.php?action=problem.view&filter_set=1&show=1&show_timeline=0&show_opdata=1&sort=host&sortorder=ASC&kiosk=1"}})
 	a, err := e.awaitAudit(forced, provision.LadderCaller, "repair", since, 5*time.Second, func(a ladderAudit) bool { return a.Evidence != "" })
 	if err != nil {
 		t.Fatalf("evidence of %s: %v", forced, err)
