@@ -113,9 +113,22 @@ func (e *env) shoot(t *testing.T, shots []shot) {
 // when the step could take one, goes to docs/img too.
 func (e *env) eventScreenshots(t *testing.T, forced string, since time.Time) {
 	t.Helper()
-	// kiosk=1: the problem list without the filter form and the menu, so the stories fit
-	e.shoot(t, []shot{{"zabbix-ladder-story.png",
-		"zabbix.php?action=problem.view&filter_set=1&show=1&show_timeline=0&show_opdata=1&sort=host&sortorder=ASC&kiosk=1"}})
+	// the list cuts the operational data short; the problem's page has it whole, and the message
+	// the plugin added with the same story
+	trig, err := e.triggerID(forced, poolTrigger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prob, err := e.awaitProblem(forced, poolTrigger, since, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// kiosk=1: without the filter form and the menu, so the stories fit
+	e.shoot(t, []shot{
+		{"zabbix-ladder-story.png",
+			"zabbix.php?action=problem.view&filter_set=1&show=1&show_timeline=0&show_opdata=1&sort=host&sortorder=ASC&kiosk=1"},
+		{"zabbix-forced-restart-problem.png", fmt.Sprintf("tr_events.php?triggerid=%s&eventid=%s&kiosk=1", trig, prob.EventID)},
+	})
 	a, err := e.awaitAudit(forced, provision.LadderCaller, "repair", since, 5*time.Second, func(a ladderAudit) bool { return a.Evidence != "" })
 	if err != nil {
 		t.Fatalf("evidence of %s: %v", forced, err)
