@@ -7,7 +7,7 @@ GO ?= go
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 export GOFLAGS ?= -buildvcs=false
 
-.PHONY: all build deb deps deps-demo deps-deb test test-unit test-e2e bench bench-e2e bench-fleet demo conf fuzz vet lint clean
+.PHONY: all build deb deps deps-demo deps-deb test test-unit test-e2e test-compat bench bench-e2e bench-fleet demo conf fuzz vet lint clean
 
 all: build
 
@@ -36,12 +36,14 @@ vet:
 lint: vet
 
 # Every layer (what CI runs through .ci/run): unit tests, then everything behind the `integration`
-# build tag (real agents 6.0/7.0, haproxy, libvirtd + QEMU guests, Zabbix server), then every
+# build tag (real agents 6.0.14/7.0.x/7.0.22, haproxy 2.6 and 3.0's captures, libvirtd + QEMU
+# guests, Zabbix server), the live haproxy tests again on haproxy 3.0, then every
 # benchmark once, so a benchmark whose setup broke fails here rather than in `make bench`.
 test: deps
 	$(MAKE) build vet
 	set -o pipefail; $(GO) test -count=1 -timeout 80m -tags integration ./... 2>&1 | tee test.out
-	set -o pipefail; $(GO) test -count=1 -timeout 30m -tags integration -run '^$$' -bench . -benchtime 1x \
+	set -o pipefail; KVM_HAPROXY=3.0 $(GO) test -count=1 -timeout 10m -tags integration -run '^TestLive' ./haproxy 2>&1 | tee -a test.out
+	set -o pipefail; FLEET_WINDOW=20s $(GO) test -count=1 -timeout 30m -tags integration -run '^$$' -bench . -benchtime 1x \
 		$$($(GO) list -tags integration ./... | grep -v /tests/e2e) 2>&1 | tee -a test.out
 
 # Unit tests only: no root, no daemons, no network beyond loopback; needs libvirt-dev to build.
@@ -52,6 +54,13 @@ test-unit:
 test-e2e: deps
 	$(MAKE) build
 	set -o pipefail; $(GO) test -count=1 -timeout 60m -tags integration -v -run 'Scenario' ./tests/e2e/ 2>&1 | tee test-e2e.out
+
+# The compatibility matrix (README, "Compatibility"): each cell of scripts/compat.sh (`bash
+# scripts/compat.sh list`; CELLS="lab-11.3-built-11.3 …" runs some), then the table. All: ~1.5 h.
+test-compat: deps
+	bash scripts/deps.sh libvirt11
+	$(MAKE) build
+	bash scripts/compat.sh $(CELLS)
 
 bench: deps
 	$(MAKE) build
@@ -96,4 +105,4 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzRead -fuzztime 30s ./plugin/sdk/comms/
 
 clean:
-	rm -f $(BIN) $(BIN).deb-bin $(BIN)_*.deb test.out test-e2e.out bench-fleet.out
+	rm -rf $(BIN) $(BIN).deb-bin $(BIN)_*.deb test.out test-e2e.out bench-fleet.out test-compat

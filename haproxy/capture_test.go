@@ -4,6 +4,7 @@ package haproxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -18,7 +19,11 @@ import (
 
 // TestCaptureFixtures regenerates testdata/ from a real haproxy. It runs only on request:
 //
-//	HAPROXY_CAPTURE=1 go test ./haproxy -run TestCaptureFixtures -v
+//	HAPROXY_CAPTURE=1 go test -tags integration ./haproxy -run TestCaptureFixtures -v
+//	KVM_HAPROXY=3.0 HAPROXY_CAPTURE=1 go test -tags integration ./haproxy -run TestCaptureFixtures -v
+//
+// The first captures Debian 12's haproxy 2.6 into testdata/, the second trixie's 3.0 (the root
+// scripts/deps.sh trixie makes) into testdata/3.0/ (captureDirs).
 //
 // It builds one backend per interesting server state, waits until haproxy shows each, then records
 // haproxy's replies with socat (the commands are written to testdata/capture.cmd). The fixture tests
@@ -28,6 +33,10 @@ func TestCaptureFixtures(t *testing.T) {
 		t.Skip("fixture generator: set HAPROXY_CAPTURE=1 to re-capture testdata/ from a real haproxy")
 	}
 	socat := harness.RequireTool(t, "socat", "scripts/deps.sh haproxy")
+	dir, ok := captureDirs[harness.HAProxyVersion()]
+	if !ok {
+		t.Fatalf("no testdata directory for haproxy %s in captureDirs", harness.HAProxyVersion())
+	}
 	be := make([]*httpBackend, 10)
 	for i := range be {
 		be[i] = newBackend(t)
@@ -103,26 +112,41 @@ backend api
 		{"err_unknown_command.txt", "bogus"},
 	}
 	var log strings.Builder
-	out, _ := exec.Command("haproxy", "-v").Output()
+	out, _ := harness.HAProxyCommand(t, "-v").Output()
 	fmt.Fprintf(&log, "# Captured by TestCaptureFixtures (capture_test.go) from:\n# %s", strings.Split(string(out), "\n")[0]+"\n")
 	fmt.Fprintf(&log, "# haproxy.cfg used:\n")
 	cfg, _ := os.ReadFile(h.Cfg)
 	for _, l := range strings.Split(strings.TrimSpace(string(cfg)), "\n") {
 		fmt.Fprintf(&log, "#   %s\n", l)
 	}
-	for _, cp := range captures {
+	capture := func(line string) []byte {
 		cmd := exec.Command(socat, "-t", "5", "-", "UNIX-CONNECT:"+h.Sock)
-		cmd.Stdin = strings.NewReader(cp.cmd + "\n")
+		cmd.Stdin = strings.NewReader(line + "\n")
 		reply, err := cmd.Output()
 		if err != nil {
-			t.Fatalf("%s: %v", cp.cmd, err)
+			t.Fatalf("%s: %v", line, err)
 		}
-		if err := os.WriteFile(filepath.Join("testdata", cp.file), reply, 0o644); err != nil {
+		return reply
+	}
+	for _, cp := range captures {
+		reply := capture(cp.cmd)
+		if cp.cmd == "show stat" {
+			// A check running at that instant shows as "* L7OK" with check_code 0 (both 2.6 and
+			// 3.0): the states the fixture tests assert are those between checks.
+			harness.WaitFor(t, 10*time.Second, 10*time.Millisecond, "show stat between checks", func() (bool, error) {
+				if !strings.Contains(string(reply), ",* ") {
+					return true, nil
+				}
+				reply = capture(cp.cmd)
+				return false, errors.New("a check was in progress")
+			})
+		}
+		if err := os.WriteFile(filepath.Join(dir, cp.file), reply, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		fmt.Fprintf(&log, "echo '%s' | socat -t 5 - UNIX-CONNECT:$SOCK > testdata/%s\n", cp.cmd, cp.file)
+		fmt.Fprintf(&log, "echo '%s' | socat -t 5 - UNIX-CONNECT:$SOCK > %s\n", cp.cmd, filepath.Join(dir, cp.file))
 	}
-	if err := os.WriteFile(filepath.Join("testdata", "capture.cmd"), []byte(log.String()), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "capture.cmd"), []byte(log.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -302,3 +302,16 @@ func TestLiveTCPSocket(t *testing.T) {
 	require.NoError(t, c.SetServerState(ctx, "web", "web-01", "drain"))
 	awaitStatus(t, c, "web", "web-01", "DRAIN", settle)
 }
+
+// The live tests run against the haproxy KVM_HAPROXY names (2.6 by default, 3.0 from the trixie
+// root): the one that answers is that version, so a matrix cell cannot pass on the wrong haproxy.
+func TestLiveVersionIsTheOneAsked(t *testing.T) {
+	h := newHAProxy(t, poolCfg(0, newBackend(t)))
+	reply, err := h.Client().Command(context.Background(), "show info")
+	require.NoError(t, err)
+	info, err := ParseInfo(reply)
+	require.NoError(t, err)
+	require.True(t, strings.HasPrefix(info["Version"], harness.HAProxyVersion()+"."),
+		"KVM_HAPROXY=%s, haproxy says %s", harness.HAProxyVersion(), info["Version"])
+	t.Logf("haproxy %s", info["Version"])
+}

@@ -3,6 +3,7 @@ package kvm
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -32,13 +33,17 @@ type Inventories struct {
 	mu   sync.Mutex
 	byN  map[string]*entry
 	busy map[string]bool // background refreshes in flight, by domain name and "ip:" + name
+	// inC holds the domains whose XML read is still in libvirt's C code, whether or not its caller
+	// still waits: libvirt 11.3 makes that read wait up to 30 s for a frozen QEMU's job, and a new
+	// read at every poll would take one lane worker each until the lane had none left.
+	inC  map[string]bool
 	book addressBook
 	hook func(Conflict)
 }
 
 // NewInventories returns an inventory cache over conn.
 func NewInventories(conn *Conn, ttl time.Duration) *Inventories {
-	return &Inventories{conn: conn, ttl: ttl, byN: map[string]*entry{}, busy: map[string]bool{},
+	return &Inventories{conn: conn, ttl: ttl, byN: map[string]*entry{}, busy: map[string]bool{}, inC: map[string]bool{},
 		book: addressBook{byIP: map[string]map[string]Claim{}, byDomain: map[string]string{}, known: map[string]string{}}}
 }
 
@@ -133,7 +138,16 @@ func (s *Inventories) background(key string, fn func(context.Context)) {
 // for the same domain (same UUID) when the XML names none.
 func (s *Inventories) fetch(ctx context.Context, name string) (*entry, error) {
 	var doc, uuid string
-	err := s.conn.read(ctx, laneHost, CallXML, name, func(l *libvirt.Connect) error {
+	s.mu.Lock()
+	if s.inC[name] {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("domain XML of %s: an earlier read has not returned yet (libvirt waits for the domain's job: a hung QEMU?)", name)
+	}
+	s.inC[name] = true
+	s.mu.Unlock()
+	ctx, cancel := s.conn.Bound(ctx)
+	defer cancel()
+	err := s.conn.exec(ctx, laneGuest, CallXML, name, func(l *libvirt.Connect) error {
 		d, err := s.conn.lookup(l, name)
 		if err != nil {
 			return err
@@ -145,6 +159,10 @@ func (s *Inventories) fetch(ctx context.Context, name string) (*entry, error) {
 		s.conn.calls.add(CallXML, 1)
 		doc, err = d.GetXMLDesc(0)
 		return err
+	}, func() {
+		s.mu.Lock()
+		delete(s.inC, name)
+		s.mu.Unlock()
 	})
 	if err != nil {
 		if errors.Is(err, guest.ErrNoDomain) {

@@ -210,7 +210,7 @@ var options = []option{
 		return nil
 	}},
 	{"Zabbix.TokenFile", "", "", "File holding the Zabbix API token for Zabbix.URL (an API token of a user with write access to the guests' problems); readable by the agent's user, by nobody else.", absPath(func(c *Config, v string) { c.ZabbixTokenFile = v })},
-	{"Push.Server", "", "", "host:port of the Zabbix server or proxy trapper that gets, at once, haproxy server state changes (with HAProxy.Socket), libvirt domain events (kvm.domain.event.push) and the ladder's step reports (kvm.domain.ladder.push); for a 7.0 proxy group, its proxies separated by ';' (values go to the one that monitors this host: the others redirect, a lost one is skipped). Empty: no push.", func(c *Config, v string) error {
+	{"Push.Server", "", "", "host:port of the Zabbix server or proxy trapper that gets, at once, haproxy server state changes (with HAProxy.Socket), libvirt domain events (kvm.domain.event.push) and the ladder's step reports (kvm.domain.ladder.push); for a 7.0 proxy group, its proxies separated by ';' (each host's values go to the proxy that monitors it, the hypervisor's and each guest's apart: the others redirect, a lost one is skipped). Empty: no push.", func(c *Config, v string) error {
 		for _, a := range strings.FieldsFunc(v, func(r rune) bool { return r == ';' || r == ',' }) {
 			if _, _, err := net.SplitHostPort(strings.TrimSpace(a)); err != nil {
 				return fmt.Errorf("%q must be host:port", strings.TrimSpace(a))

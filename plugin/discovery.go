@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"context"
+	"os"
 	"time"
 )
 
@@ -9,13 +10,16 @@ import (
 const discoveryReserve = 500 * time.Millisecond
 
 // domainDiscovery is kvm.domain.discovery: every domain in any state, with its title, private
-// address and haproxy server (hp may be nil; an haproxy that does not answer leaves the server out).
+// address, guest agent channel, the hypervisor's host name and haproxy server (hp may be nil; an haproxy that does not answer leaves the server out).
 func domainDiscovery(s Stats, inv Inventory, hp HAProxy) handler {
 	return func(ctx context.Context, _ map[string]string) (any, error) {
 		snap, err := s.Get(ctx)
 		if err != nil {
 			return nil, err
 		}
+		// the guest template groups guests per hypervisor: a Zabbix preprocessing step cannot
+		// name the host it runs for ({HOST.HOST} is not expanded there, seen on 7.0.9)
+		hv, _ := os.Hostname()
 		keep := domainSet(snap)
 		var pool members
 		if hp != nil {
@@ -28,7 +32,8 @@ func domainDiscovery(s Stats, inv Inventory, hp HAProxy) handler {
 			row := map[string]string{
 				"{#KVM.DOMAIN.NAME}": r.Name, "{#KVM.DOMAIN.UUID}": r.UUID, "{#KVM.DOMAIN.STATE}": r.Status().State.String(),
 				"{#KVM.DOMAIN.TITLE}": "", "{#KVM.DOMAIN.IP}": "",
-				"{#KVM.DOMAIN.HAPROXY.BACKEND}": "", "{#KVM.DOMAIN.HAPROXY.SERVER}": "",
+				"{#KVM.DOMAIN.HAPROXY.BACKEND}": "", "{#KVM.DOMAIN.HAPROXY.SERVER}": "", "{#KVM.DOMAIN.AGENT}": "0",
+				"{#KVM.HYPERVISOR}": hv,
 			}
 			// a slow address source (a hung guest agent) must not cost the whole discovery: once the
 			// deadline is near, the remaining domains are listed with what the cache already has
@@ -41,6 +46,11 @@ func domainDiscovery(s Stats, inv Inventory, hp HAProxy) handler {
 				row["{#KVM.DOMAIN.TITLE}"] = in.Title
 				row["{#KVM.DOMAIN.IP}"] = in.IP
 				ip = in.IP
+				// the guest template watches qemu-guest-agent only where a channel is configured:
+				// a guest built without one would otherwise keep a warning forever
+				if in.HasAgent {
+					row["{#KVM.DOMAIN.AGENT}"] = "1"
+				}
 			}
 			if m, ok := pool.find(r.Name, ip); ok {
 				row["{#KVM.DOMAIN.HAPROXY.BACKEND}"] = m.Backend

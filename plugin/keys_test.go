@@ -82,7 +82,7 @@ func fixture(t *testing.T, uri string, extra ...string) (*Plugin, *fakeInventory
 		Params: map[string]string{"state.state": "5", "state.reason": "1"}})
 	snap := guest.NewSnapshot(recs, time.Now())
 	inv := &fakeInventory{byN: map[string]*guest.Inventory{
-		"kvmt-cap": {Name: "kvmt-cap", Title: "Captured", IP: "127.0.0.1", IPSource: "metadata",
+		"kvmt-cap": {Name: "kvmt-cap", Title: "Captured", IP: "127.0.0.1", IPSource: "metadata", HasAgent: true,
 			NICs: []guest.NIC{{MAC: "52:54:00:77:00:0b", Target: "vnet2"}}},
 		"web-off": {Name: "web-off", IP: "10.9.9.9", IPSource: "metadata"},
 	}}
@@ -144,6 +144,8 @@ func TestDomainKeysFromCapture(t *testing.T) {
 }
 
 func TestDomainDiscoveryMapsHAProxyServers(t *testing.T) {
+	hostname, herr := os.Hostname()
+	require.NoError(t, herr)
 	p, _ := fixture(t, "qemu:///system")
 	v, err := get(t, p, "kvm.domain.discovery")
 	require.NoError(t, err)
@@ -153,9 +155,10 @@ func TestDomainDiscoveryMapsHAProxyServers(t *testing.T) {
 	require.Equal(t, map[string]string{
 		"{#KVM.DOMAIN.NAME}": "kvmt-cap", "{#KVM.DOMAIN.UUID}": "6f1c6a3e-1111-4222-8333-944455556666",
 		"{#KVM.DOMAIN.STATE}": "running", "{#KVM.DOMAIN.TITLE}": "Captured", "{#KVM.DOMAIN.IP}": "127.0.0.1",
-		"{#KVM.DOMAIN.HAPROXY.BACKEND}": "web", "{#KVM.DOMAIN.HAPROXY.SERVER}": "kvmt-cap",
+		"{#KVM.DOMAIN.HAPROXY.BACKEND}": "web", "{#KVM.DOMAIN.HAPROXY.SERVER}": "kvmt-cap", "{#KVM.DOMAIN.AGENT}": "1", "{#KVM.HYPERVISOR}": hostname,
 	}, rows[0])
 	require.Equal(t, "", rows[1]["{#KVM.DOMAIN.HAPROXY.SERVER}"], "no server for web-off")
+	require.Equal(t, "0", rows[1]["{#KVM.DOMAIN.AGENT}"], "no guest agent channel known for web-off")
 
 	v, err = get(t, p, "haproxy.server.discovery")
 	require.NoError(t, err)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the build, the demo and the tests need on Debian 12, idempotently, as root.
-# Usage: scripts/deps.sh [build|agents|qemu|watchdog|haproxy|zabbix|trixie|proxy|deb|debroot|all]...
+# Usage: scripts/deps.sh [build|agents|qemu|watchdog|haproxy|zabbix|trixie|proxy|deb|debroot|libvirt11|all]...
 # Agent binaries go to $KVM_CACHE (default /var/cache/zabbix-agent2-plugin-kvm), outside the repo,
 # so that 6.0 and 7.0 run side by side.
 set -euo pipefail
@@ -205,12 +205,34 @@ debroot() {
   touch "$dir/.apt-cache-complete"
 }
 
+# libvirt11: libvirt 11.3 and QEMU 10.0 from bookworm-backports in the bookworm root (the compatibility
+# matrix's libvirt cell). The plugin is built against its libvirt-dev, and tests/lab runs its
+# libvirtd and virtlogd chrooted there (KVM_LIBVIRT=11.3), with what libvirt-daemon-system would
+# have set up: the QEMU user and group, and a qemu.conf for the lab (QEMU as root, no security driver).
+libvirt11() {
+  local dir=$CACHE/root/bookworm
+  root bookworm
+  if [ ! -x "$dir/usr/sbin/libvirtd" ] || [ ! -x "$dir/usr/bin/qemu-system-x86_64" ] || [ ! -e "$dir/usr/include/libvirt/libvirt.h" ]; then
+    log "installing libvirt 11 and QEMU 10 from bookworm-backports in the bookworm root"
+    in_root bookworm apt-get install -y -qq --no-install-recommends -t bookworm-backports \
+      libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86 libvirt-dev >"$CACHE/root/bookworm-libvirt11.log" 2>&1 ||
+      { tail -20 "$CACHE/root/bookworm-libvirt11.log" >&2; exit 1; }
+  fi
+  in_root bookworm sh -c 'getent group kvm >/dev/null || groupadd -r kvm
+    getent group libvirt-qemu >/dev/null || groupadd -r libvirt-qemu
+    getent passwd libvirt-qemu >/dev/null || useradd -r -g libvirt-qemu -G kvm -d /var/lib/libvirt -s /usr/sbin/nologin libvirt-qemu'
+  # namespaces = []: chrooted, libvirt's private /dev for each QEMU has no usable /dev/ptmx ("Failed to
+  # create PTY"), so QEMU uses the root's /dev, the machine's bound into it
+  printf '# written by scripts/deps.sh libvirt11 for tests/lab\nsecurity_driver = "none"\nuser = "root"\ngroup = "root"\nnamespaces = []\n' \
+    >"$dir/etc/libvirt/qemu.conf"
+}
+
 need_root; no_daemons
 [ $# -gt 0 ] || set -- all
 for what in "$@"; do
   case $what in
-    build|agents|qemu|watchdog|haproxy|zabbix|trixie|proxy|deb|debroot) $what ;;
+    build|agents|qemu|watchdog|haproxy|zabbix|trixie|proxy|deb|debroot|libvirt11) $what ;;
     all) build; agents; qemu; watchdog; haproxy; zabbix; trixie; proxy; deb; debroot ;;
-    *) log "unknown target $what (build|agents|qemu|watchdog|haproxy|zabbix|trixie|proxy|deb|debroot|all)"; exit 2 ;;
+    *) log "unknown target $what (build|agents|qemu|watchdog|haproxy|zabbix|trixie|proxy|deb|debroot|libvirt11|all)"; exit 2 ;;
   esac
 done

@@ -70,7 +70,7 @@ type Client struct {
 	Now func() time.Time
 
 	mu     sync.Mutex
-	prefer string // the address that last took our values, or where a proxy redirected us
+	prefer map[string]string // by host: the address that last took its values (after a redirect, the proxy that monitors it)
 }
 
 // New returns a Client for addrs: one address ("host" or "host:port"; the port defaults to 10051),
@@ -290,14 +290,47 @@ func clip(b []byte) string {
 	return string(b)
 }
 
-// Send delivers items in one request and returns the server's counts. It is an error when the
-// server does not answer success or refuses any value (failed > 0); the Result is returned with it.
-// With several addresses it starts at the one that last took values, goes on to the next when one
-// cannot be reached, and follows a proxy's redirect once; each exchange has its own Timeout.
+// Send delivers items and returns the server's counts. It is an error when the server does not
+// answer success or refuses any value (failed > 0); the Result is returned with it.
+// With several addresses it starts at the one that last took the host's values, goes on to the
+// next when one cannot be reached, and follows a proxy's redirect once; each exchange has its own
+// Timeout. With several addresses, items of several hosts go in one request per host: a 7.0 proxy group balances hosts on
+// its own, so a hypervisor and its discovered guests may each be on a different proxy (seen in
+// tests/fleet), and one request for both would be refused in part by either.
 func (c *Client) Send(ctx context.Context, items ...Item) (Result, error) {
 	if c == nil || c.Dial == nil {
 		return Result{}, errors.New("zabbix sender: client not initialised (use sender.New)")
 	}
+	var hosts []string
+	byHost := map[string][]Item{}
+	for _, it := range items {
+		if _, ok := byHost[it.Host]; !ok {
+			hosts = append(hosts, it.Host)
+		}
+		byHost[it.Host] = append(byHost[it.Host], it)
+	}
+	if len(hosts) <= 1 || len(c.Addrs) <= 1 {
+		// one address: a server, or the one proxy that monitors them all
+		return c.send(ctx, items)
+	}
+	var sum Result
+	var errs []error
+	for _, h := range hosts {
+		r, err := c.send(ctx, byHost[h])
+		sum.Addr, sum.Redirect, sum.Response, sum.Info = r.Addr, r.Redirect, r.Response, r.Info
+		sum.Processed += r.Processed
+		sum.Failed += r.Failed
+		sum.Total += r.Total
+		sum.Seconds += r.Seconds
+		if err != nil {
+			errs = append(errs, fmt.Errorf("host %q: %w", h, err))
+		}
+	}
+	return sum, errors.Join(errs...)
+}
+
+// send is Send of one host's items (or of items that name no two hosts).
+func (c *Client) send(ctx context.Context, items []Item) (Result, error) {
 	now := time.Now
 	if c.Now != nil {
 		now = c.Now
@@ -306,10 +339,11 @@ func (c *Client) Send(ctx context.Context, items ...Item) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
+	host := items[0].Host
 	c.mu.Lock()
 	order := []string{}
-	if c.prefer != "" {
-		order = append(order, c.prefer)
+	if p := c.prefer[host]; p != "" {
+		order = append(order, p)
 	}
 	c.mu.Unlock()
 	for _, a := range append(c.Addrs, c.Addr) {
@@ -328,7 +362,7 @@ func (c *Client) Send(ctx context.Context, items ...Item) (Result, error) {
 		res.Addr = order[i]
 		switch {
 		case err == nil:
-			c.setPrefer(order[i])
+			c.setPrefer(host, order[i])
 			return res, nil
 		case res.Redirect != "" && !redirected && validAddr(res.Redirect):
 			// the group's own answer: go there next, and stay there while it takes values
@@ -347,9 +381,15 @@ func (c *Client) Send(ctx context.Context, items ...Item) (Result, error) {
 	return Result{}, fmt.Errorf("zabbix sender: no address took the values: %w", errors.Join(errs...))
 }
 
-func (c *Client) setPrefer(a string) {
+func (c *Client) setPrefer(host, a string) {
 	c.mu.Lock()
-	c.prefer = a
+	if c.prefer == nil {
+		c.prefer = map[string]string{}
+	}
+	if len(c.prefer) > 100000 { // a bound, not a cache policy: hosts are a hypervisor and its guests
+		clear(c.prefer)
+	}
+	c.prefer[host] = a
 	c.mu.Unlock()
 }
 

@@ -276,6 +276,38 @@ func TestSendRedirect(t *testing.T) {
 	require.ErrorContains(t, err, "redirects to")
 }
 
+// TestSendPerHost: a proxy group put the hypervisor on one proxy and its guest on the other (as
+// tests/fleet saw a real 7.0 group do); each host's values reach its own proxy, and the next send
+// goes straight there.
+func TestSendPerHost(t *testing.T) {
+	capture, err := os.ReadFile("testdata/proxy-redirect-7.0.9.json")
+	require.NoError(t, err)
+	var pxA, pxB string
+	owner := map[string]*string{"hv-01": &pxA, "guest-uuid": &pxB}
+	proxy := func(self *string) func(req map[string]any) []byte {
+		return func(req map[string]any) []byte {
+			host := req["data"].([]any)[0].(map[string]any)["host"].(string)
+			if o := *owner[host]; o != *self {
+				return Frame(bytes.Replace(bytes.TrimSpace(capture), []byte("127.0.0.1:15490"), []byte(o), 1))
+			}
+			return success(req)
+		}
+	}
+	pxA, _ = trapper(t, proxy(&pxA))
+	pxB, _ = trapper(t, proxy(&pxB))
+	c, err := New(pxA+";"+pxB, time.Second)
+	require.NoError(t, err)
+	dials := counting(c)
+	items := []Item{{Host: "hv-01", Key: "a", Value: "DOWN"}, {Host: "guest-uuid", Key: "b", Value: "DOWN"}}
+	res, err := c.Send(context.Background(), items...)
+	require.NoError(t, err)
+	assert.Equal(t, 2, res.Processed)
+	_, err = c.Send(context.Background(), items...)
+	require.NoError(t, err)
+	// hv-01: A, A; guest: A (redirected), B, B
+	assert.Equal(t, map[string]int{pxA: 3, pxB: 2}, dials)
+}
+
 func TestReadFrameVariants(t *testing.T) {
 	payload := []byte(`{"response":"success","info":"processed: 1; failed: 0"}`)
 	var z bytes.Buffer

@@ -1,7 +1,11 @@
 package templates
 
 import (
+	"fmt"
 	"regexp"
+	"sort"
+	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -33,14 +37,14 @@ func walk(n any, keys map[string]bool, uuids *[]string) {
 func TestTemplatesCarryThePluginKeys(t *testing.T) {
 	want := map[string][]string{
 		Hypervisor: {"kvm.hypervisor.ping", "kvm.hypervisor.get", "kvm.domain.discovery", "haproxy.get", "haproxy.info",
-			"haproxy.discovery", "haproxy.server.discovery", "haproxy.server.status[{#HAPROXY.BACKEND},{#HAPROXY.SERVER}]",
+			"haproxy.discovery", "haproxy.server.discovery",
 			"haproxy.server.status.push[{#HAPROXY.BACKEND},{#HAPROXY.SERVER}]", "agent.ping", "kvm.actions.check"},
 		Guest: {"kvm.domain.state[{$KVM.DOMAIN}]", "kvm.domain.get[{$KVM.DOMAIN}]", "kvm.domain.disk.discovery[{$KVM.DOMAIN}]",
 			"kvm.domain.net.discovery[{$KVM.DOMAIN}]", "kvm.domain.agent.ping[{$KVM.DOMAIN}]", "kvm.domain.agent.get[{$KVM.DOMAIN}]",
 			"kvm.domain.tcp[{$KVM.DOMAIN},{$KVM.TCP.PORT}]", `kvm.domain.http[{$KVM.DOMAIN},{$KVM.HTTP.PORT},"{$KVM.HTTP.PATH}"]`,
 			"haproxy.server.status[{$KVM.HAPROXY.BACKEND},{$KVM.HAPROXY.SERVER}]", "kvm.domain.pool.push", "kvm.domain.guard[{$KVM.DOMAIN}]"},
 	}
-	hex32 := regexp.MustCompile(`^[0-9a-f]{32}$`)
+	hex32 := regexp.MustCompile(`^[0-9a-f]{12}4[0-9a-f]{3}[89ab][0-9a-f]{15}$`) // UUIDv4: the server refuses others
 	seen := map[string]string{}
 	all := All()
 	require.Len(t, all, 2)
@@ -178,4 +182,343 @@ func TestItemTriggersUseOnlyTheirItem(t *testing.T) {
 	}
 	assert.Greater(t, n, 5)
 	assert.Equal(t, [][]string{{"(/T/a[x,y]", "a[x,y]"}, {"(/T/b", "b"}}, itemRef.FindAllStringSubmatch("last(/T/a[x,y])=0 and count(/T/b,5m)>1", -1))
+}
+
+// export is one template file parsed: its template and its top-level triggers.
+type export struct {
+	file     string
+	name     string
+	tpl      map[string]any
+	triggers []map[string]any // every trigger and trigger prototype, wherever it sits
+	items    []map[string]any // every item, item prototype and discovery rule
+	top      []any            // top-level triggers
+}
+
+func parse(t *testing.T, tpl Template) export {
+	t.Helper()
+	var doc map[string]any
+	require.NoError(t, yaml.Unmarshal(tpl.YAML, &doc), tpl.File)
+	ex := doc["zabbix_export"].(map[string]any)
+	e := export{file: tpl.File, name: tpl.Name, tpl: ex["templates"].([]any)[0].(map[string]any)}
+	e.top, _ = ex["triggers"].([]any)
+	for _, tr := range e.top {
+		e.triggers = append(e.triggers, tr.(map[string]any))
+	}
+	var visit func(v any)
+	visit = func(v any) {
+		switch x := v.(type) {
+		case map[string]any:
+			if _, ok := x["key"].(string); ok { // master_item and graph_items references are not visited
+				e.items = append(e.items, x)
+			}
+			for _, field := range []string{"triggers", "trigger_prototypes"} {
+				trs, _ := x[field].([]any)
+				for _, tr := range trs {
+					e.triggers = append(e.triggers, tr.(map[string]any))
+				}
+			}
+			for k, sub := range x {
+				if k != "master_item" && k != "graph_items" && k != "dashboards" {
+					visit(sub)
+				}
+			}
+		case []any:
+			for _, sub := range x {
+				visit(sub)
+			}
+		}
+	}
+	visit(e.tpl)
+	return e
+}
+
+func parseAll(t *testing.T) []export {
+	var out []export
+	for _, tpl := range All() {
+		out = append(out, parse(t, tpl))
+	}
+	return out
+}
+
+func tags(obj map[string]any) map[string][]string {
+	out := map[string][]string{}
+	ts, _ := obj["tags"].([]any)
+	for _, x := range ts {
+		m := x.(map[string]any)
+		v, _ := m["value"].(string)
+		out[m["tag"].(string)] = append(out[m["tag"].(string)], v)
+	}
+	return out
+}
+
+// Zabbix's template guidelines: every item, item prototype, discovery rule, trigger, trigger
+// prototype and macro says what it is for.
+func TestEverythingHasADescription(t *testing.T) {
+	n := 0
+	for _, e := range parseAll(t) {
+		for _, it := range e.items {
+			n++
+			assert.NotEmpty(t, it["description"], "%s: item %s", e.file, it["key"])
+		}
+		for _, tr := range e.triggers {
+			n++
+			assert.NotEmpty(t, tr["description"], "%s: trigger %q", e.file, tr["name"])
+		}
+		ms, _ := e.tpl["macros"].([]any)
+		for _, m := range ms {
+			n++
+			assert.NotEmpty(t, m.(map[string]any)["description"], "%s: macro %s", e.file, m.(map[string]any)["macro"])
+		}
+	}
+	assert.Greater(t, n, 90)
+}
+
+// A master item's value is kept by its dependent items: storing the JSON too would double the
+// history for nothing (the guideline: history 0 on masters).
+func TestMastersKeepNoHistory(t *testing.T) {
+	n := 0
+	for _, e := range parseAll(t) {
+		masters := map[string]bool{}
+		var visit func(v any)
+		visit = func(v any) {
+			switch x := v.(type) {
+			case map[string]any:
+				if m, ok := x["master_item"].(map[string]any); ok {
+					masters[m["key"].(string)] = true
+				}
+				for _, sub := range x {
+					visit(sub)
+				}
+			case []any:
+				for _, sub := range x {
+					visit(sub)
+				}
+			}
+		}
+		visit(e.tpl)
+		for _, it := range e.items {
+			if masters[it["key"].(string)] && it["lifetime"] == nil {
+				n++
+				assert.Equal(t, "0", it["history"], "%s: master item %s stores history", e.file, it["key"])
+			}
+		}
+	}
+	assert.GreaterOrEqual(t, n, 8)
+}
+
+// Trigger names carry no host macros (the frontend shows the host beside the problem) and no
+// values: a value goes to opdata, so one problem keeps one name.
+func TestTriggerNamesHaveNoHostOrValue(t *testing.T) {
+	for _, e := range parseAll(t) {
+		for _, tr := range e.triggers {
+			for _, f := range []string{"name", "event_name"} {
+				s, _ := tr[f].(string)
+				assert.NotRegexp(t, `\{HOST\.(NAME|HOST)\}|\{ITEM\.(LASTVALUE|VALUE)`, s, "%s: trigger %s %q", e.file, f, s)
+			}
+		}
+	}
+}
+
+// Every trigger has a scope tag and every item a component tag; each template a class and a
+// target tag.
+func TestTags(t *testing.T) {
+	for _, e := range parseAll(t) {
+		tt := tags(e.tpl)
+		assert.NotEmpty(t, tt["class"], e.file)
+		assert.Contains(t, tt["target"], "kvm", e.file)
+		for _, tr := range e.triggers {
+			assert.NotEmpty(t, tags(tr)["scope"], "%s: trigger %q has no scope tag", e.file, tr["name"])
+		}
+		for _, it := range e.items {
+			if it["lifetime"] == nil { // discovery rules carry no tags in 6.0
+				assert.NotEmpty(t, tags(it)["component"], "%s: item %s has no component tag", e.file, it["key"])
+			}
+		}
+	}
+}
+
+const poolProblem = "Guest {$KVM.DOMAIN} is out of the haproxy pool"
+
+// One failure, one actionable problem: every guest problem that only notifies depends on the
+// ladder's problem (a hung guest fails its HTTP check and its agent too), is closable by hand, and
+// looks at the guest's state (a guest that is not running, or stopped on purpose, raises nothing).
+// The ladder's and the page's problems stay closed for a guest stopped on purpose.
+func TestGuestProblemsDependOnTheLadder(t *testing.T) {
+	g := parse(t, mustGet(t, Guest))
+	var pool map[string]any
+	for _, tr := range g.triggers {
+		if tr["name"] == poolProblem {
+			pool = tr
+		}
+	}
+	require.NotNil(t, pool, "the ladder's problem %q", poolProblem)
+	assert.Equal(t, []string{"recover"}, tags(pool)["kvm.ladder"])
+	n := 0
+	for _, tr := range g.triggers {
+		expr := tr["expression"].(string)
+		switch strings.Join(tags(tr)["kvm.ladder"], ",") {
+		case "notify":
+			n++
+			deps, _ := tr["dependencies"].([]any)
+			require.Len(t, deps, 1, "trigger %q", tr["name"])
+			d := deps[0].(map[string]any)
+			assert.Equal(t, poolProblem, d["name"], "trigger %q", tr["name"])
+			assert.Equal(t, pool["expression"], d["expression"], "trigger %q: the dependency names the ladder's expression as it is", tr["name"])
+			assert.Equal(t, "YES", tr["manual_close"], "trigger %q", tr["name"])
+			assert.Regexp(t, `kvm\.domain\.(state\.code\)=1|stopped\)=0)`, expr, "trigger %q ignores the guest's state", tr["name"])
+		case "recover", "page":
+			if strings.Contains(expr, "kvm.domain.pool.in") {
+				assert.Contains(t, expr, "last(/"+Guest+"/kvm.domain.stopped)=0", "trigger %q", tr["name"])
+			}
+			// the page counts from the first 0 of kvm.domain.pool.in, the ladder's problem opens once
+			// kvm.domain.stopped has a value too: the page waits for that value to be as old
+			if tags(tr)["kvm.ladder"][0] == "page" && strings.Contains(expr, "{$KVM.PAGE.AFTER}") {
+				assert.Contains(t, expr, "last(/"+Guest+"/kvm.domain.stopped,#1:now-{$KVM.PAGE.AFTER})=0", "trigger %q", tr["name"])
+			}
+		}
+	}
+	assert.Equal(t, 3, n, "crashed or paused, guest agent silent, HTTP failing")
+	for _, tr := range g.triggers {
+		if strings.Contains(tr["name"].(string), "Guest agent") {
+			assert.Contains(t, tr["expression"], "{$KVM.AGENT.CHANNEL}=1", "only guests with an agent channel")
+		}
+	}
+}
+
+// Hypervisor problems that a dead agent explains depend on the agent's availability problem; the
+// haproxy server problem is left out for servers that are guests of this hypervisor (their guest
+// host carries the actionable one).
+func TestHypervisorProblemsDependOnTheAgent(t *testing.T) {
+	h := parse(t, mustGet(t, Hypervisor))
+	const agent = "Zabbix agent is not available (for {$KVM.AGENT.NODATA})"
+	n := 0
+	for _, tr := range h.triggers {
+		if tr["name"] == agent {
+			continue
+		}
+		n++
+		deps, _ := tr["dependencies"].([]any)
+		require.Len(t, deps, 1, "trigger %q", tr["name"])
+		assert.Equal(t, agent, deps[0].(map[string]any)["name"], "trigger %q", tr["name"])
+	}
+	assert.GreaterOrEqual(t, n, 5)
+	found := false
+	for _, r := range h.tpl["discovery_rules"].([]any) {
+		rule := r.(map[string]any)
+		if rule["key"] != "haproxy.server.discovery" {
+			continue
+		}
+		found = true
+		ov := rule["overrides"].([]any)[0].(map[string]any)
+		cond := ov["filter"].(map[string]any)["conditions"].([]any)[0].(map[string]any)
+		assert.Equal(t, "{#KVM.DOMAIN.NAME}", cond["macro"])
+		assert.Equal(t, "EXISTS", cond["operator"])
+		op := ov["operations"].([]any)[0].(map[string]any)
+		assert.Equal(t, "TRIGGER_PROTOTYPE", op["operationobject"])
+		assert.Equal(t, "NO_DISCOVER", op["discover"])
+	}
+	assert.True(t, found)
+}
+
+var lastEq = regexp.MustCompile(`last\(/[^/]+/((?:[^,()\[]|\[[^\]]*\])+)\)\s*(=|<>)\s*"`)
+
+// Status strings flap (a check failing once): a trigger on a CHAR status counts N values instead
+// of comparing the last one. The exceptions act on the first value on purpose and say why.
+func TestStatusTriggersCountValues(t *testing.T) {
+	exempt := map[string]string{
+		poolProblem: "the ladder opens on haproxy's verdict, which already counts failed checks (fall), and on a push",
+		"Guest {$KVM.DOMAIN} held out of the haproxy pool by an operator": "an operator's intent shows at once",
+	}
+	n := 0
+	for _, e := range parseAll(t) {
+		for _, tr := range e.triggers {
+			m := lastEq.FindAllStringSubmatch(tr["expression"].(string), -1)
+			if len(m) == 0 {
+				continue
+			}
+			n++
+			if _, ok := exempt[tr["name"].(string)]; !ok {
+				t.Errorf("%s: trigger %q compares the last status string (%s): count the last 3 values", e.file, tr["name"], m[0][1])
+			}
+		}
+	}
+	assert.Equal(t, len(exempt), n)
+}
+
+// Discovered guests can be limited by name, and land in one host group per hypervisor.
+func TestGuestDiscoveryFiltersAndGroups(t *testing.T) {
+	h := parse(t, mustGet(t, Hypervisor))
+	for _, r := range h.tpl["discovery_rules"].([]any) {
+		rule := r.(map[string]any)
+		if rule["key"] != "kvm.domain.discovery" {
+			continue
+		}
+		var macros []string
+		for _, c := range rule["filter"].(map[string]any)["conditions"].([]any) {
+			macros = append(macros, c.(map[string]any)["value"].(string))
+		}
+		assert.Equal(t, []string{"{$KVM.DOMAIN.NAME.MATCHES}", "{$KVM.DOMAIN.NAME.NOT_MATCHES}"}, macros)
+		hp := rule["host_prototypes"].([]any)[0].(map[string]any)
+		gp := hp["group_prototypes"].([]any)[0].(map[string]any)
+		assert.Equal(t, "KVM guests/{#KVM.HYPERVISOR}", gp["name"])
+		return
+	}
+	t.Fatal("no kvm.domain.discovery rule")
+}
+
+func mustGet(t *testing.T, name string) Template {
+	tpl, err := Get(name)
+	require.NoError(t, err)
+	return tpl
+}
+
+// The server exports tags and macros sorted, and dashboard widgets by position (x, then y) on 7.0
+// but by name on 6.0, and widget fields by name on 7.0 but by type on 6.0; a file in another
+// order makes configuration.importcompare report a change on every `zabbix setup` rerun (seen on
+// 7.0.9 with template tags, host prototype macros and widgets, and on 6.0.14). So widgets' names
+// follow their positions, and a widget has one field.
+func TestListsInTheServersOrder(t *testing.T) {
+	n := 0
+	var visit func(file string, v any)
+	visit = func(file string, v any) {
+		switch x := v.(type) {
+		case map[string]any:
+			for k, sub := range x {
+				l, _ := sub.([]any)
+				var keys, names []string
+				for _, e := range l {
+					m, _ := e.(map[string]any)
+					switch k {
+					case "tags":
+						keys = append(keys, m["tag"].(string)+"\x00"+fmt.Sprint(m["value"]))
+					case "macros":
+						keys = append(keys, m["macro"].(string))
+					case "widgets":
+						x, _ := strconv.Atoi(fmt.Sprint(m["x"]))
+						y, _ := strconv.Atoi(fmt.Sprint(m["y"]))
+						keys = append(keys, fmt.Sprintf("%04d%04d", x, y))
+						names = append(names, strings.ToLower(fmt.Sprint(m["name"])))
+						fields, _ := m["fields"].([]any)
+						assert.Len(t, fields, 1, "%s: widget %q", file, m["name"])
+					}
+				}
+				if len(keys) > 1 {
+					n++
+					assert.True(t, sort.StringsAreSorted(keys), "%s: %s not in the server's order: %q", file, k, keys)
+					assert.True(t, sort.StringsAreSorted(names), "%s: %s not in 6.0's order (by name): %q", file, k, names)
+				}
+				visit(file, sub)
+			}
+		case []any:
+			for _, sub := range x {
+				visit(file, sub)
+			}
+		}
+	}
+	for _, tpl := range All() {
+		var doc map[string]any
+		require.NoError(t, yaml.Unmarshal(tpl.YAML, &doc))
+		visit(tpl.File, doc)
+	}
+	assert.Greater(t, n, 20)
 }

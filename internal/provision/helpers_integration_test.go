@@ -49,31 +49,14 @@ func setup(t *testing.T, s *zbx.Stack, o provision.Options) (provision.Report, e
 	return provision.Setup(ctx, s.API, o)
 }
 
-// testDashboard is a template dashboard the shipped files do not have (yet): Setup must import
-// whatever a template carries.
-const testDashboard = `      dashboards:
-        -
-          uuid: 5b2f8e1c3a4d4e6f8a9b0c1d2e3f4a5b
-          name: 'KVM provisioning test'
-          pages:
-            -
-              widgets:
-                -
-                  type: CLOCK
-                  width: '6'
-                  height: '3'
-`
-
-// withDashboard is templates.All() with testDashboard added to the hypervisor template.
+// withDashboard is templates.All(), checked to carry a template dashboard on the hypervisor
+// template: Setup must import whatever a template carries, and checkTemplates counts it.
 func withDashboard(t testing.TB) []templates.Template {
 	all := templates.All()
-	for i, tpl := range all {
-		if tpl.Name != templates.Hypervisor {
-			continue
+	for _, tpl := range all {
+		if tpl.Name == templates.Hypervisor {
+			require.Equal(t, 1, countYAML(t, tpl).dashboards, "%s: the shipped dashboard", tpl.File)
 		}
-		src := string(tpl.YAML)
-		require.Equal(t, 1, strings.Count(src, "\n      macros:\n"), tpl.File)
-		all[i].YAML = []byte(strings.Replace(src, "\n      macros:\n", "\n"+testDashboard+"      macros:\n", 1))
 	}
 	return all
 }
@@ -352,6 +335,11 @@ UserParameter=haproxy.server.status[*],cat %[2]s/status-$1-$2.json
 UserParameter=kvm.domain.agent.ping[*],cat %[2]s/agentping-$1
 UserParameter=haproxy.server.discovery,cat %[2]s/serverdiscovery.json
 UserParameter=kvm.domain.guard[*],cat %[2]s/guard-$1.json
+UserParameter=kvm.domain.get[*],cat %[2]s/get-$1.json
+UserParameter=kvm.domain.state[*],cat %[2]s/state-$1
+UserParameter=kvm.domain.http[*],cat %[2]s/http-$1.json
+UserParameter=haproxy.get,cat %[2]s/haproxyget.json
+UserParameter=kvm.domain.discovery,cat %[2]s/domaindiscovery.json
 `, port, dir)), 0o644))
 	cmd := exec.Command(zbx.Agent70, "-c", conf, "-f")
 	out, err := os.Create(filepath.Join(dir, "agent2.out"))
@@ -396,6 +384,13 @@ func setPool(t *testing.T, dir, backend, server, status, pool string) {
 	writeFile(t, dir, fmt.Sprintf("status-%s-%s.json", backend, server), string(b))
 }
 
+// setRunning writes what kvm.domain.get answers for a running domain: the guest template's state
+// items (and the triggers that need a running guest, or one not stopped on purpose) read it.
+func setRunning(t *testing.T, dir, domain string) {
+	t.Helper()
+	writeFile(t, dir, "get-"+domain+".json", fmt.Sprintf(`{"name":%q,"state":"running","state_code":1,"reason":"booted","disks":[],"interfaces":[]}`, domain))
+}
+
 // setHeld writes what kvm.domain.guard answers for domain: an operator's hold on or off.
 func setHeld(t *testing.T, dir, domain string, held bool) {
 	t.Helper()
@@ -418,7 +413,8 @@ func addGuest(t *testing.T, s *zbx.Stack, rep provision.Report, name string, age
 	gid, _ := rep.Find("host group", provision.GuestGroup)
 	tid, _ := rep.Find("template", templates.Guest)
 	ms := []map[string]string{{"macro": "{$KVM.DOMAIN}", "value": name}, {"macro": "{$KVM.HAPROXY.BACKEND}", "value": "web"},
-		{"macro": "{$KVM.HAPROXY.SERVER}", "value": name}, {"macro": "{$KVM.POLL.INTERVAL}", "value": "1s"}}
+		{"macro": "{$KVM.HAPROXY.SERVER}", "value": name}, {"macro": "{$KVM.POLL.INTERVAL}", "value": "1s"},
+		{"macro": "{$KVM.STATS.INTERVAL}", "value": "1s"}}
 	for k, v := range macros {
 		ms = append(ms, map[string]string{"macro": k, "value": v})
 	}

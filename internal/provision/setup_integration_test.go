@@ -220,6 +220,7 @@ func TestLadder70(t *testing.T) {
 	for g, ping := range map[string]string{"web-01": "1", "web-02": "0", "web-03": "1"} {
 		setStatus(t, dir, "web", g, "UP")
 		setHeld(t, dir, g, false)
+		setRunning(t, dir, g)
 		writeFile(t, dir, "agentping-"+g, ping)
 	}
 	t0 := time.Now()

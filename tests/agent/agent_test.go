@@ -1,8 +1,8 @@
 //go:build integration
 
-// Package agent runs the plugin under real zabbix_agent2 binaries, 6.0.14 and 7.0.x, on the libvirt
-// test driver: registration, -t, -p, -R metrics, passive checks over TCP, errors, bad options and a
-// panicking handler.
+// Package agent runs the plugin under real zabbix_agent2 binaries (harness.AgentVersions: 6.0.14,
+// 7.0.x from bookworm-backports, 7.0.22 from trixie) on the libvirt test driver: registration, -t,
+// -p, -R metrics, passive checks over TCP, errors, bad options and a panicking handler.
 package agent
 
 import (
@@ -18,7 +18,7 @@ import (
 	"zabbix-agent2-plugin-kvm/tests/harness"
 )
 
-var versions = []string{"6.0", "7.0"}
+var versions = harness.AgentVersions
 
 func testDriver() map[string]string {
 	return map[string]string{"URI": "test:///default", "CacheSeconds": "1"}
@@ -163,5 +163,21 @@ func TestAgentSurvivesHandlerPanic(t *testing.T) {
 			default:
 			}
 		})
+	}
+}
+
+// Each entry of the matrix is the agent it claims to be: `zabbix_agent2 -V` names the version.
+func TestAgentVersionsAreWhatTheyClaim(t *testing.T) {
+	want := map[string]*regexp.Regexp{
+		"6.0":    regexp.MustCompile(`\(Zabbix\) 6\.0\.14\b`),
+		"7.0":    regexp.MustCompile(`\(Zabbix\) 7\.0\.\d+\b`),
+		"7.0.22": regexp.MustCompile(`\(Zabbix\) 7\.0\.22\b`),
+	}
+	require.Len(t, want, len(versions), "a version without an expected -V line")
+	for _, v := range versions {
+		out, err := harness.AgentCommand(t, v, "-V").CombinedOutput()
+		require.NoError(t, err, string(out))
+		require.Regexp(t, want[v], string(out), v)
+		t.Logf("%s: %s", v, firstLine(string(out), "Zabbix"))
 	}
 }

@@ -1,8 +1,9 @@
 //go:build integration
 
 // Package e2e is the seed scenario end to end (issue 6): real QEMU guests on libvirtd inside the
-// test's network namespace, a real haproxy health-checking them, a real Zabbix 7.0 server with its
-// API and an SMTP sink, and a real zabbix_agent2 7.0 running the plugin. Zabbix is provisioned with
+// test's network namespace, a real haproxy health-checking them, a real Zabbix 7.0 (or 6.0:
+// scenarioVersions) server with its API and an SMTP sink, and a real zabbix_agent2 of the same
+// version running the plugin. Zabbix is provisioned with
 // conf/provision.Setup exactly as `zabbix-agent2-plugin-kvm zabbix setup` does it; then guests are
 // broken and the recovery ladder is watched through the API, the SMTP sink, haproxy and the
 // plugin's audit log until the service is back in the pool.
@@ -31,6 +32,27 @@ import (
 )
 
 func TestMain(m *testing.M) { lab.Main(m) }
+
+// scenarioVersions are the Zabbix server and zabbix_agent2 the scenario runs on: 7.0 and 7.0 by
+// default; KVM_E2E_ZABBIX=6.0 runs it on a 6.0 server (the same templates: they are in the 6.0
+// export format) with Debian 12's agent 6.0.14 beside it, and KVM_E2E_AGENT picks another agent
+// of harness.AgentVersions (make test-compat's server and agent cells).
+func scenarioVersions(t testing.TB) (server, agent string) {
+	t.Helper()
+	server = os.Getenv("KVM_E2E_ZABBIX")
+	switch server {
+	case "":
+		server = "7.0"
+	case "6.0", "7.0":
+	default:
+		t.Fatalf("KVM_E2E_ZABBIX=%q: want 6.0 or 7.0", server)
+	}
+	if agent = os.Getenv("KVM_E2E_AGENT"); agent == "" {
+		agent = server
+	}
+	t.Logf("scenario on zabbix_server %s, zabbix_agent2 %s, haproxy %s", server, agent, harness.HAProxyVersion())
+	return server, agent
+}
 
 const (
 	hypervisor = "kvm-hv01"
@@ -205,7 +227,8 @@ func startEnv(t testing.TB, specs []guestSpec, tweaks ...envTweak) *env {
 	}
 	e.lap(&last, "haproxy")
 
-	e.zbx = zbx.Start(t, zbx.Options{Version: "7.0"})
+	serverVersion, agentVersion := scenarioVersions(t)
+	e.zbx = zbx.Start(t, zbx.Options{Version: serverVersion})
 	e.lap(&last, "zabbix stack")
 
 	e.bin = harness.PluginBinary(t)
@@ -255,7 +278,7 @@ func startEnv(t testing.TB, specs []guestSpec, tweaks ...envTweak) *env {
 	if err := os.WriteFile(e.kvmConf, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	e.agent = harness.WriteAgentConf(t, "7.0", harness.AgentOptions{Plugin: e.bin, Options: opts,
+	e.agent = harness.WriteAgentConf(t, agentVersion, harness.AgentOptions{Plugin: e.bin, Options: opts,
 		Extra: append(harness.SystemRunRules(t, e.bin), "PluginTimeout=10"), Timeout: 10})
 	e.agent.Start(t)
 	t.Cleanup(func() {

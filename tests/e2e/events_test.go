@@ -430,7 +430,7 @@ func (e *env) ioErrorHeld(t *testing.T, guest string) {
 	msg := fmt.Sprintf("event → problem %.2fs: %s", prob.at().Sub(fault).Seconds(), prob.Name)
 	t.Log("I/O error pause: " + msg)
 	fmt.Println("EVENT io-error-pause: " + msg)
-	subject := "Problem: Guest " + guest + " paused on an I/O error"
+	subject := "Problem: Guest " + guest + " paused on a storage I/O error"
 	if err := harness.Wait(context.Background(), time.Minute, 500*time.Millisecond, func() (bool, error) {
 		return len(e.zbx.SMTP.Find(subject)) > 0, fmt.Errorf("no mail %q", subject)
 	}); err != nil {

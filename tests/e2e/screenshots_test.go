@@ -38,7 +38,7 @@ func (e *env) screenshots(t *testing.T, r *repair) {
 type shot struct{ file, path string }
 
 // guestCanRead gives the frontend's "guest" user read access to the KVM host groups, the
-// "KVM guests/<domain>" groups the host prototype made included.
+// "KVM guests/<hypervisor>" groups the host prototype made included.
 func (e *env) guestCanRead(t *testing.T) {
 	t.Helper()
 	var groups []struct {
@@ -57,6 +57,7 @@ func (e *env) guestCanRead(t *testing.T) {
 		hg, _ := e.rep.Find("host group", g)
 		rights = append(rights, map[string]any{"id": hg.ID, "permission": 2})
 	}
+	// also the "KVM guests/<hypervisor>" groups the host prototype made
 	var sub []struct {
 		ID string `json:"groupid"`
 	}

@@ -5,6 +5,7 @@ package fleet
 import (
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -73,4 +74,51 @@ func BenchmarkFleet(b *testing.B) {
 	b.ReportMetric(vps, "values/s")
 	b.Log(s.String())
 	fmt.Print(s.String())
+}
+
+// treeCPU is the CPU time (user+system) used so far by each process tree rooted at roots (a
+// daemon's holder process and everything under it, as read from /proc), and the sum of their
+// resident memory in KiB.
+func treeCPU(roots ...int) (time.Duration, int64) {
+	type proc struct {
+		ppid       int
+		ticks, rss int64
+	}
+	procs := map[int]proc{}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		st := string(b)
+		f := strings.Fields(st[strings.LastIndexByte(st, ')')+2:])
+		if len(f) < 22 {
+			continue
+		}
+		ppid, _ := strconv.Atoi(f[1])
+		ut, _ := strconv.ParseInt(f[11], 10, 64)
+		stt, _ := strconv.ParseInt(f[12], 10, 64)
+		rss, _ := strconv.ParseInt(f[21], 10, 64)
+		procs[pid] = proc{ppid, ut + stt, rss * int64(os.Getpagesize()) / 1024}
+	}
+	in := map[int]bool{}
+	for _, r := range roots {
+		in[r] = true
+	}
+	var ticks, rss int64
+	for pid, p := range procs {
+		for q, depth := pid, 0; q > 1 && depth < 32; q, depth = procs[q].ppid, depth+1 {
+			if in[q] {
+				ticks += p.ticks
+				rss += p.rss
+				break
+			}
+		}
+	}
+	return time.Duration(ticks) * time.Second / 100, rss
 }

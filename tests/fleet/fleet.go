@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -248,53 +247,6 @@ func (r *responder) stop() {
 	}
 }
 
-// treeCPU is the CPU time (user+system) used so far by each process tree rooted at roots (a
-// daemon's holder process and everything under it, as read from /proc), and the sum of their
-// resident memory in KiB.
-func treeCPU(roots ...int) (time.Duration, int64) {
-	type proc struct {
-		ppid       int
-		ticks, rss int64
-	}
-	procs := map[int]proc{}
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			continue
-		}
-		st := string(b)
-		f := strings.Fields(st[strings.LastIndexByte(st, ')')+2:])
-		if len(f) < 22 {
-			continue
-		}
-		ppid, _ := strconv.Atoi(f[1])
-		ut, _ := strconv.ParseInt(f[11], 10, 64)
-		stt, _ := strconv.ParseInt(f[12], 10, 64)
-		rss, _ := strconv.ParseInt(f[21], 10, 64)
-		procs[pid] = proc{ppid, ut + stt, rss * int64(os.Getpagesize()) / 1024}
-	}
-	in := map[int]bool{}
-	for _, r := range roots {
-		in[r] = true
-	}
-	var ticks, rss int64
-	for pid, p := range procs {
-		for q, depth := pid, 0; q > 1 && depth < 32; q, depth = procs[q].ppid, depth+1 {
-			if in[q] {
-				ticks += p.ticks
-				rss += p.rss
-				break
-			}
-		}
-	}
-	return time.Duration(ticks) * time.Second / 100, rss
-}
-
 // Discovery is what WaitDiscovered saw.
 type Discovery struct {
 	Hosts      int           // guest hosts discovered
@@ -355,7 +307,7 @@ func (f *Fleet) WaitDiscovered(t testing.TB, timeout time.Duration) Discovery {
 		}
 		polled := map[string]bool{}
 		for _, it := range items {
-			if it.State == "1" {
+			if it.State == "1" && !testDriverLimit(it.Error) {
 				return false, fmt.Errorf("%s on host %s unsupported: %s", it.Key, it.Host, it.Error)
 			}
 			if it.Clock != "0" {
@@ -375,11 +327,13 @@ func (f *Fleet) WaitDiscovered(t testing.TB, timeout time.Duration) Discovery {
 		hvIDs = append(hvIDs, hv.HostID)
 	}
 	if err := call("item.get", map[string]any{"hostids": append(ids, hvIDs...), "filter": map[string]any{"state": 1},
-		"output": []string{"hostid", "key_", "error"}, "limit": 5}, &bad); err != nil {
+		"output": []string{"hostid", "key_", "error"}}, &bad); err != nil {
 		t.Fatal(err)
 	}
-	if len(bad) > 0 {
-		t.Errorf("unsupported items in the fleet: %+v", bad)
+	for _, it := range bad {
+		if !testDriverLimit(it.Error) {
+			t.Errorf("unsupported item in the fleet: %+v", it)
+		}
 	}
 	return d
 }
@@ -410,4 +364,12 @@ func (f *Fleet) Migrate(t testing.TB, g *Guest, from, to *Hypervisor) {
 		hv.Agent.Stop()
 		hv.Agent.Start(t)
 	}
+}
+
+// testDriverLimit tells an item that is unsupported only because the fleet's guests live in
+// libvirt's test driver: it has no guest agent, and the plugin never dials the addresses it
+// reports (they are made up). Any other reason fails the fleet.
+func testDriverLimit(err string) bool {
+	return strings.Contains(err, "not supported by the connection driver: virDomainAgent") ||
+		strings.Contains(err, "comes from libvirt's test driver")
 }

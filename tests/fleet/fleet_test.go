@@ -35,7 +35,9 @@ func TestFleet(t *testing.T) {
 		"{$KVM.POLL.INTERVAL}": "10s", "{$KVM.DISCOVERY.INTERVAL}": "20s",
 		// a guest that left a hypervisor is deleted at that hypervisor's next discovery, so the one
 		// it moved to can create it (Zabbix hosts are unique by name; see docs/fleet.md)
-		"{$KVM.LLD.LIFETIME}": "0"}})
+		"{$KVM.LLD.LIFETIME}": "0", "{$KVM.AGENT.NODATA}": "1m",
+		// the fleet only monitors (Actions.Enable=0), as README says such a hypervisor should be set
+		"{$KVM.ACTIONS.EXPECTED}": "0"}})
 	disc := f.WaitDiscovered(t, 5*time.Minute)
 	t.Logf("fleet %dx%d: every guest host discovered %.1fs after zabbix setup began, every guest's master item polled after %.1fs",
 		n, g, disc.Discovered.Seconds(), disc.Polled.Seconds())
@@ -83,7 +85,74 @@ func TestFleet(t *testing.T) {
 	t.Logf("%s's service stopped: DOWN on its host through the proxy group after %.1fs", victim.Name, time.Since(stopped).Seconds())
 	victim.Start()
 
+	hypervisorDown(t, f, f.HVs[len(f.HVs)-1])
 	migrate(t, f)
+}
+
+// hypervisorDown stops a hypervisor's agent: its host gets a problem, and none of its guests does
+// once the proxies have found their (shared) agent interface unreachable.
+func hypervisorDown(t *testing.T, f *Fleet, hv *Hypervisor) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var guests []string
+	var hosts []struct {
+		ID string `json:"hostid"`
+	}
+	for _, g := range hv.Guests {
+		guests = append(guests, g.UUID)
+	}
+	if err := f.Zabbix.API.Call(ctx, "host.get", map[string]any{"filter": map[string]any{"host": guests}, "output": []string{"hostid"}}, &hosts); err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, h := range hosts {
+		ids = append(ids, h.ID)
+	}
+	type problem struct {
+		ID   string `json:"eventid"`
+		Name string `json:"name"`
+	}
+	var before []problem
+	if err := f.Zabbix.API.Call(ctx, "problem.get", map[string]any{"hostids": hv.HostID, "output": []string{"eventid", "name"}}, &before); err != nil {
+		t.Fatal(err)
+	}
+	if len(before) > 0 {
+		t.Fatalf("%s has problems before its agent stops: %+v", hv.Name, before)
+	}
+	hv.Agent.Stop()
+	stopped := time.Now()
+	var hvProblems []problem
+	harness.WaitFor(t, 4*time.Minute, time.Second, "a problem on "+hv.Name+" after its agent stopped", func() (bool, error) {
+		err := f.Zabbix.API.Call(ctx, "problem.get", map[string]any{"hostids": hv.HostID, "output": []string{"eventid", "name"}}, &hvProblems)
+		return err == nil && len(hvProblems) > 0, err
+	})
+	took := time.Since(stopped)
+	harness.WaitFor(t, 4*time.Minute, time.Second, hv.Name+"'s guests found unreachable", func() (bool, error) {
+		var got []struct {
+			Interfaces []struct {
+				Available string `json:"available"`
+			} `json:"interfaces"`
+		}
+		if err := f.Zabbix.API.Call(ctx, "host.get", map[string]any{"hostids": ids, "output": []string{"hostid"}, "selectInterfaces": []string{"available"}}, &got); err != nil {
+			return false, err
+		}
+		down := 0
+		for _, h := range got {
+			if len(h.Interfaces) > 0 && h.Interfaces[0].Available == "2" {
+				down++
+			}
+		}
+		return down == len(ids), fmt.Errorf("%d of %d unreachable", down, len(ids))
+	})
+	var guestProblems []problem
+	if err := f.Zabbix.API.Call(ctx, "problem.get", map[string]any{"hostids": ids, "output": []string{"name"}}, &guestProblems); err != nil {
+		t.Fatal(err)
+	}
+	if len(guestProblems) > 0 {
+		t.Errorf("%s down: its guests have %d problems, want 0: %+v", hv.Name, len(guestProblems), guestProblems)
+	}
+	t.Logf("%s's agent stopped: %d problem(s) on the hypervisor after %.0fs (%+v), %d on its %d guests", hv.Name, len(hvProblems), took.Seconds(), hvProblems, len(guestProblems), len(ids))
+	hv.Agent.Start(t)
 }
 
 // migrate moves a guest (same UUID) from hv-001 to hv-002 and waits until its one Zabbix host is

@@ -16,10 +16,23 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"zabbix-agent2-plugin-kvm/tests/chroot"
 )
 
 // AgentCache is where scripts/deps.sh agents unpacks the two agent versions.
 var AgentCache = envOr("KVM_CACHE", "/var/cache/zabbix-agent2-plugin-kvm")
+
+// AgentVersions are the zabbix_agent2 versions the real-agent tests run the plugin under:
+// 6.0.14 (bookworm), 7.0.x from bookworm-backports (7.0.9 when written) and 7.0.22 (trixie, run
+// from the Debian root scripts/deps.sh trixie makes, through that root's own loader).
+var AgentVersions = []string{"6.0", "7.0", "7.0.22"}
+
+// agentRoots maps the agent versions that live in a Debian root (tests/chroot) to that root's suite.
+var agentRoots = map[string]string{"7.0.22": "trixie"}
+
+// agentRootBinary is the agent's path inside its root.
+const agentRootBinary = "/usr/sbin/zabbix_agent2"
 
 func envOr(k, def string) string {
 	if v := os.Getenv(k); v != "" {
@@ -28,9 +41,22 @@ func envOr(k, def string) string {
 	return def
 }
 
-// AgentBinary returns the path of zabbix_agent2 for version "6.0" or "7.0".
+// AgentBinary returns the path of zabbix_agent2 for a version of AgentVersions. The path of a
+// version that lives in a Debian root is inside that root: run it with AgentCommand, not directly.
 func AgentBinary(t testing.TB, version string) string {
 	t.Helper()
+	if suite, ok := agentRoots[version]; ok {
+		root := chroot.Path(t, suite)
+		v, err := chroot.Version(root, "zabbix-agent2")
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Debian's version is EPOCH:UPSTREAM+dfsg-REV: a point release in the suite moves it
+		if up, _, _ := strings.Cut(strings.TrimPrefix(v, "1:"), "+"); up != version {
+			t.Fatalf("the %s root has zabbix-agent2 %s, the tests want %s: update AgentVersions and the README's matrix", suite, v, version)
+		}
+		return filepath.Join(root, agentRootBinary)
+	}
 	p := filepath.Join(AgentCache, "zabbix_agent2-"+version)
 	if _, err := os.Stat(p); err != nil {
 		t.Fatalf("zabbix_agent2 %s not found at %s: run scripts/deps.sh agents (make deps)", version, p)
@@ -148,7 +174,7 @@ func WriteAgentConf(t testing.TB, version string, o AgentOptions) *Agent {
 // combined output and the exit error, killing it after timeout so a hang fails the test.
 func (a *Agent) Run(t testing.TB, timeout time.Duration, args ...string) (string, error) {
 	t.Helper()
-	cmd := exec.Command(a.Binary, append([]string{"-c", a.Conf}, args...)...)
+	cmd := a.command(t, append([]string{"-c", a.Conf}, args...)...)
 	cmd.Env = a.environ()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	var out bytes.Buffer
@@ -194,7 +220,7 @@ func (a *Agent) Start(t testing.TB) {
 
 func (a *Agent) start(t testing.TB) error {
 	t.Helper()
-	cmd := exec.Command(a.Binary, "-c", a.Conf, "-f")
+	cmd := a.command(t, "-c", a.Conf, "-f")
 	cmd.Env = a.environ()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	out, err := os.Create(filepath.Join(a.Dir, "agent.out"))
@@ -386,6 +412,64 @@ func AllAuditLines(t testing.TB, path string) []map[string]any {
 		out = append(out, m)
 	}
 	return out
+}
+
+// command runs this agent's binary with args: directly, or through its root's loader (the
+// process is still the agent itself, so signals and process groups work the same).
+func (a *Agent) command(t testing.TB, args ...string) *exec.Cmd {
+	t.Helper()
+	return AgentCommand(t, a.Version, args...)
+}
+
+// AgentCommand is the command that runs zabbix_agent2 of version with args.
+func AgentCommand(t testing.TB, version string, args ...string) *exec.Cmd {
+	t.Helper()
+	bin := AgentBinary(t, version)
+	suite, ok := agentRoots[version]
+	if !ok {
+		return exec.Command(bin, args...)
+	}
+	cmd, err := chroot.Command(context.Background(), chroot.Path(t, suite), agentRootBinary, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The kernel names a process (comm) after the file it executed: run through the loader, the
+	// agent would be "ld-linux-x86-64", and the plugin, which recognises zabbix_agent2 as its
+	// parent by that name (zabbix setup refuses to run under it), would not know it.
+	cmd.Path = loaderAs(t, cmd.Path, "zabbix_agent2")
+	return cmd
+}
+
+var (
+	loaderMu  sync.Mutex
+	loaderDir string
+)
+
+// loaderAs is a symlink named name to the dynamic loader at loader, in a directory that lives as
+// long as the test process.
+func loaderAs(t testing.TB, loader, name string) string {
+	t.Helper()
+	loaderMu.Lock()
+	defer loaderMu.Unlock()
+	if loaderDir == "" {
+		d, err := os.MkdirTemp("", "kvm-loader-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		loaderDir = d
+	}
+	dir := filepath.Join(loaderDir, strings.ReplaceAll(filepath.Dir(loader), "/", "_"))
+	link := filepath.Join(dir, name)
+	if _, err := os.Lstat(link); err == nil {
+		return link
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(loader, link); err != nil {
+		t.Fatal(err)
+	}
+	return link
 }
 
 // environ is the agent's environment: the test process's, with AgentOptions.Env on top (for a

@@ -3,6 +3,7 @@ package harness
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -17,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"zabbix-agent2-plugin-kvm/tests/chroot"
 )
 
 // HTTPBackend is a real HTTP server on a fixed loopback port that a test can stop and start again,
@@ -89,6 +92,44 @@ func (b *HTTPBackend) Stop() {
 	b.srv, b.done = nil, nil
 }
 
+// haproxyRoots maps the haproxy versions that live in a Debian root (tests/chroot) to its suite.
+var haproxyRoots = map[string]string{"3.0": "trixie"}
+
+// HAProxyVersions are the haproxy versions the live tests can run against: Debian 12's own 2.6
+// and trixie's 3.0 (from the root scripts/deps.sh trixie makes).
+var HAProxyVersions = []string{"2.6", "3.0"}
+
+// HAProxyVersion is the haproxy the live tests run: $KVM_HAPROXY, Debian 12's own 2.6 by default
+// (make test-compat sets it to run the same tests against 3.0).
+func HAProxyVersion() string { return envOr("KVM_HAPROXY", "2.6") }
+
+// HAProxyCommand is the command that runs the haproxy of HAProxyVersion with args, failing the
+// test when that version is not installed or not what it claims.
+func HAProxyCommand(t testing.TB, args ...string) *exec.Cmd {
+	t.Helper()
+	v := HAProxyVersion()
+	suite, ok := haproxyRoots[v]
+	if !ok {
+		if v != "2.6" {
+			t.Fatalf("KVM_HAPROXY=%s: the live tests know haproxy %v", v, HAProxyVersions)
+		}
+		return exec.Command(RequireTool(t, "haproxy", "scripts/deps.sh haproxy"), args...)
+	}
+	root := chroot.Path(t, suite)
+	if dv, err := chroot.Version(root, "haproxy"); err != nil {
+		t.Fatal(err)
+	} else if !strings.HasPrefix(dv, v+".") {
+		t.Fatalf("the %s root has haproxy %s, KVM_HAPROXY wants %s", suite, dv, v)
+	}
+	cmd, err := chroot.Command(context.Background(), root, "/usr/sbin/haproxy", args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// named haproxy, as the host's own binary is, for whatever finds it by its process name
+	cmd.Path = loaderAs(t, cmd.Path, "haproxy")
+	return cmd
+}
+
 // HAProxy is the Debian haproxy binary run in the foreground (-db) by a test, killed by PID.
 type HAProxy struct {
 	t    testing.TB
@@ -104,7 +145,6 @@ type HAProxy struct {
 // StartHAProxy writes cfg (which must use the socket path h.Sock, given to it through build) and starts haproxy.
 func StartHAProxy(t testing.TB, build func(sock string) string) *HAProxy {
 	t.Helper()
-	RequireTool(t, "haproxy", "scripts/deps.sh haproxy")
 	dir := t.TempDir()
 	h := &HAProxy{t: t, Dir: dir, Cfg: filepath.Join(dir, "haproxy.cfg"), Sock: filepath.Join(dir, "admin.sock")}
 	if len(h.Sock)+20 > 107 { // haproxy binds "<path>.<pid>.tmp" first; sun_path is 108 bytes
@@ -113,7 +153,7 @@ func StartHAProxy(t testing.TB, build func(sock string) string) *HAProxy {
 	if err := os.WriteFile(h.Cfg, []byte(build(h.Sock)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	out, err := exec.Command("haproxy", "-c", "-q", "-f", h.Cfg).CombinedOutput()
+	out, err := HAProxyCommand(t, "-c", "-q", "-f", h.Cfg).CombinedOutput()
 	if err != nil {
 		t.Fatalf("haproxy -c: %v\n%s", err, out)
 	}
@@ -141,7 +181,7 @@ func (h *HAProxy) Start() {
 		h.mu.Unlock()
 		h.t.Fatal(err)
 	}
-	cmd := exec.Command("haproxy", "-f", h.Cfg, "-db")
+	cmd := HAProxyCommand(h.t, "-f", h.Cfg, "-db")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {

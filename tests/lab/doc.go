@@ -70,10 +70,18 @@
 //   - runs tests/guest/build-guest.sh /run/kvm-lab/img (cached in
 //     /var/cache/zabbix-agent2-plugin-kvm/guest/, so normally a copy);
 //   - starts virtlogd and libvirtd in the foreground as its children (they inherit the netns; logs in
-//     /run/kvm-lab/*.log), waits until libvirtd answers, and undefines domains that a killed lab
-//     left (recognised by the lab's metadata namespace).
+//     /run/kvm-lab/*.log), waits until libvirtd answers and has probed QEMU's capabilities, and
+//     undefines domains that a killed lab left (recognised by the lab's metadata namespace).
 //
-// It logs "lab: guest image ready in …", "lab: virtlogd+libvirtd ready in …"; WaitHTTP and
+// KVM_LIBVIRT=11.3 (EnvLibvirt) runs libvirt 11.3 and QEMU 10.0 from bookworm-backports instead of
+// the machine's 9.0 and 7.2: virtlogd and libvirtd of the bookworm root that scripts/deps.sh
+// libvirt11 makes, each chrooted there in a mount namespace of its own (unshare; the PID stays the
+// daemon's) with /proc, /sys, /dev, /run/libvirt, /run/kvm-lab and /tmp bound at the same paths, so
+// virsh, the plugin and the tests on the host see them as the machine's own. The root's qemu.conf
+// turns libvirt's per-QEMU mount namespace off (chrooted, it cannot make "/" a slave nor give QEMU
+// PTYs). LibvirtVersion says which one runs.
+//
+// It logs "lab: guest image ready in …", "lab: virtlogd+libvirtd (libvirt V) ready in …"; WaitHTTP and
 // WaitAgent log the time since the guest's start.
 //
 // # Guests
@@ -106,6 +114,7 @@
 //
 //	func Main(m *testing.M)
 //	func Get(t testing.TB) *Lab
+//	func LibvirtVersion() string                                // "9.0" or "11.3" (KVM_LIBVIRT)
 //	const Bridge, Gateway, Subnet, ReadyMarker
 //
 //	func (l *Lab) URI() string                                  // "qemu:///system"

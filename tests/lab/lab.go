@@ -136,7 +136,7 @@ func start(t testing.TB, ns string) (l *Lab, err error) {
 	if err = l.startLibvirtd(); err != nil {
 		return l, err
 	}
-	t.Logf("lab: virtlogd+libvirtd ready in %.2fs (netns %s, %s)", time.Since(t0).Seconds(), ns, uri)
+	t.Logf("lab: virtlogd+libvirtd (libvirt %s) ready in %.2fs (netns %s, %s)", LibvirtVersion(), time.Since(t0).Seconds(), ns, uri)
 
 	if err = l.sweepDomains(); err != nil {
 		return l, err
@@ -309,7 +309,10 @@ func startDaemon(name, bin, sock string, args ...string) (*daemon, error) {
 		return nil, err
 	}
 	defer lf.Close()
-	cmd := exec.Command(bin, args...)
+	cmd, err := daemonCommand(bin, args...)
+	if err != nil {
+		return nil, err
+	}
 	cmd.Stdout, cmd.Stderr = lf, lf
 	// Own process group: a Ctrl-C meant for go test must not kill it before the tests' cleanups ran.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -371,6 +374,13 @@ func (l *Lab) startLibvirtd() error {
 	if err != nil {
 		d.stop()
 		return fmt.Errorf("libvirtd not answering: %w; log %s: %s", err, d.log, tail(d.log, 1500))
+	}
+	// The first call that needs QEMU's capabilities makes libvirtd probe the QEMU binary: seconds
+	// with a cold cache (over 5 s for the 11.3 root's QEMU 10 here), which a test's first call,
+	// with its own short deadline, must not pay.
+	if _, err := l.virshCtx(2*time.Minute, "capabilities"); err != nil {
+		d.stop()
+		return fmt.Errorf("libvirtd capabilities: %w; log %s: %s", err, d.log, tail(d.log, 1500))
 	}
 	l.mu.Lock()
 	l.daemon = d

@@ -29,6 +29,7 @@ var targets = []target{
 	{"bench-e2e", "all", "bench.sh"},
 	{"bench-fleet", "all", ""},
 	{"deb", "build deb", "build.sh"},
+	{"test-compat", "all", "compat.sh"},
 }
 
 // stand-ins, each appending one line to $ORDER_LOG. deps.sh installs libvirt-dev only for the
@@ -134,6 +135,7 @@ func runMake(t *testing.T, mk, goal, jobs string) ([]string, string, error) {
 		"bin/git":                quiet,
 		"bin/gofmt":              quiet,
 		"bin/lintian":            quiet,
+		"scripts/compat.sh":      fakeScript,
 	}
 	for name, text := range files {
 		p := filepath.Join(dir, name)

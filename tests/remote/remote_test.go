@@ -51,7 +51,7 @@ func (e *env) script(verb, host string) string {
 }
 
 func TestRemoteCommandRunsThePlugin(t *testing.T) {
-	for _, v := range []string{"6.0", "7.0"} {
+	for _, v := range harness.AgentVersions {
 		t.Run(v, func(t *testing.T) {
 			e := setup(t, v)
 			out, err := e.agent.Query("system.run["+e.script("suspend", "test")+",wait]", 20*time.Second)
@@ -89,7 +89,7 @@ func quoteParam(s string) string {
 func TestLeftoverRuleInAnotherFileWins(t *testing.T) {
 	shipped, err := os.ReadFile(filepath.Join(harness.RepoRoot(t), "conf", "zabbix_agent2.conf"))
 	require.NoError(t, err)
-	for _, v := range []string{"6.0", "7.0"} {
+	for _, v := range harness.AgentVersions {
 		t.Run(v, func(t *testing.T) {
 			dir := t.TempDir()
 			// the shipped file as an included one, line for line: its rules (with /bin/echo as the
