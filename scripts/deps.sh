@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the build, the demo and the tests need on Debian 12, idempotently, as root.
-# Usage: scripts/deps.sh [build|agents|qemu|haproxy|zabbix|trixie|proxy|deb|debroot|libvirt11|all]...
+# Usage: scripts/deps.sh [build|agents|qemu|watchdog|haproxy|zabbix|trixie|proxy|deb|debroot|libvirt11|all]...
 # Agent binaries go to $KVM_CACHE (default /var/cache/zabbix-agent2-plugin-kvm), outside the repo,
 # so that 6.0 and 7.0 run side by side.
 set -euo pipefail
@@ -92,6 +92,25 @@ qemu() {
     (cd "$tmp" && apt-get download -qq "$kdeb" && dpkg -x "$kdeb"_*.deb x)
     cp "$tmp"/x/boot/vmlinuz-* "$CACHE/kernel/vmlinuz"
     rm -rf "$CACHE/kernel/modules"; cp -a "$tmp"/x/lib/modules/* "$CACHE/kernel/modules"
+    rm -rf "$tmp"
+  fi
+}
+
+# The standard flavour of the cloud kernel's version, for the lab's watchdog guests only (tests/lab
+# GuestOpts.Watchdog): the cloud flavour has no i6300esb driver, so its guests cannot arm QEMU's
+# watchdog. A module loads only into the flavour it was built for, hence the whole kernel.
+watchdog() {
+  qemu
+  if ! ls "$CACHE"/kernel-watchdog/vmlinuz >/dev/null 2>&1; then
+    apt_update
+    local kdeb; kdeb=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/{print $2; exit}')
+    kdeb=${kdeb%-cloud-amd64}-amd64
+    mkdir -p "$CACHE/kernel-watchdog"; local tmp; tmp=$(mktemp -d)
+    log "fetching $kdeb"
+    (cd "$tmp" && apt-get download -qq "$kdeb" && dpkg -x "$kdeb"_*.deb x)
+    [ -n "$(find "$tmp"/x/lib/modules -name i6300esb.ko)" ] || { log "$kdeb has no i6300esb.ko"; exit 1; }
+    rm -rf "$CACHE/kernel-watchdog/modules"; cp -a "$tmp"/x/lib/modules/* "$CACHE/kernel-watchdog/modules"
+    cp "$tmp"/x/boot/vmlinuz-* "$CACHE/kernel-watchdog/vmlinuz"
     rm -rf "$tmp"
   fi
 }
@@ -212,8 +231,8 @@ need_root; no_daemons
 [ $# -gt 0 ] || set -- all
 for what in "$@"; do
   case $what in
-    build|agents|qemu|haproxy|zabbix|trixie|proxy|deb|debroot|libvirt11) $what ;;
-    all) build; agents; qemu; haproxy; zabbix; trixie; proxy; deb; debroot ;;
-    *) log "unknown target $what (build|agents|qemu|haproxy|zabbix|trixie|proxy|deb|debroot|libvirt11|all)"; exit 2 ;;
+    build|agents|qemu|watchdog|haproxy|zabbix|trixie|proxy|deb|debroot|libvirt11) $what ;;
+    all) build; agents; qemu; watchdog; haproxy; zabbix; trixie; proxy; deb; debroot ;;
+    *) log "unknown target $what (build|agents|qemu|watchdog|haproxy|zabbix|trixie|proxy|deb|debroot|libvirt11|all)"; exit 2 ;;
   esac
 done

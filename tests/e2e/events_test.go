@@ -57,6 +57,9 @@ func TestScenarioEvents(t *testing.T) {
 	e.ioErrorHeld(t, "web-02")
 	if r := e.hungRepaired(t, "web-04"); r != nil {
 		report(t, r)
+		if screenshotsWanted() && !t.Failed() {
+			e.eventScreenshots(t, "web-04", r.fault)
+		}
 	}
 }
 

@@ -10,8 +10,12 @@
 # $KVM_CACHE/kernel/modules/ (either <version>/kernel/... or kernel/... directly), /bin/busybox from
 # busybox-static, /usr/sbin/qemu-ga from qemu-guest-agent.
 #
-# The image is cached in $KVM_CACHE/guest/<key>/, keyed by a hash of this script, the kernel, busybox
-# and qemu-ga, so a rebuild happens only when one of them changes.
+# The image is cached in $KVM_CACHE/guest/<flavour>/<key>/, keyed by a hash of this script, the kernel,
+# busybox and qemu-ga, so a rebuild happens only when one of them changes.
+#
+# KVM_KERNEL_FLAVOUR=kernel-watchdog (scripts/deps.sh watchdog) takes the kernel from
+# $KVM_CACHE/kernel-watchdog instead: Debian's standard flavour, whose i6300esb driver the cloud
+# flavour lacks (tests/lab's watchdog guests). i6300esb is loaded when the kernel has it.
 #
 # Kernel command line switches read by the guest's /etc/rcS:
 #   lvip=ADDR/PREFIX  fixed address on eth0 (without it: udhcpc)
@@ -27,7 +31,9 @@ set -euo pipefail
 
 OUT=${1:?usage: build-guest.sh OUT_DIR}
 CACHE=${KVM_CACHE:-/var/cache/zabbix-agent2-plugin-kvm}
-KDIR=$CACHE/kernel
+FLAVOUR=${KVM_KERNEL_FLAVOUR:-kernel}
+case $FLAVOUR in kernel|kernel-watchdog) ;; *) echo "build-guest: KVM_KERNEL_FLAVOUR=$FLAVOUR: want kernel or kernel-watchdog" >&2; exit 1 ;; esac
+KDIR=$CACHE/$FLAVOUR
 BUSYBOX=/bin/busybox
 QGA=/usr/sbin/qemu-ga
 SELF=$(readlink -f "${BASH_SOURCE[0]}")
@@ -35,7 +41,7 @@ MARKER=KVMLAB-READY
 
 die() { printf 'build-guest: %s\n' "$*" >&2; exit 1; }
 
-[ -f "$KDIR/vmlinuz" ] || die "no kernel at $KDIR/vmlinuz: run scripts/deps.sh qemu"
+[ -f "$KDIR/vmlinuz" ] || die "no kernel at $KDIR/vmlinuz: run scripts/deps.sh $([ "$FLAVOUR" = kernel ] && echo qemu || echo watchdog)"
 [ -x "$BUSYBOX" ] || die "no $BUSYBOX: run scripts/deps.sh qemu (busybox-static)"
 [ -x "$QGA" ] || die "no $QGA: run scripts/deps.sh qemu (qemu-guest-agent)"
 for tool in cpio gzip ldd sha256sum flock; do command -v "$tool" >/dev/null || die "$tool not found"; done
@@ -58,7 +64,7 @@ else
 fi
 
 KEY=$(cat "$SELF" "$KDIR/vmlinuz" "$BUSYBOX" "$QGA" | sha256sum | cut -c1-16)
-DEST=$CACHE/guest/$KEY
+DEST=$CACHE/guest/$FLAVOUR/$KEY
 
 build() {
   local root tmp
@@ -101,6 +107,8 @@ build() {
   }
   # pvpanic: a kernel panic reaches QEMU (and libvirt's crashed/panicked event) when the domain has a <panic> device
   for n in virtio_pci virtio_net virtio_console virtio_blk virtio_balloon evdev button pvpanic_mmio pvpanic_pci; do add "$n"; done
+  # QEMU's i6300esb watchdog (<watchdog model='i6300esb'/>), only in the standard flavour
+  [ -z "${path[i6300esb]:-}" ] || add i6300esb
   for n in "${order[@]}"; do cp "${path[$n]}" "$root/usr/lib/modules/$n.ko"; done
   printf '%s\n' "${order[@]}" >"$root/etc/modules-order"
 
@@ -213,14 +221,16 @@ EOF
   mv -T "$tmp" "$DEST"
 }
 
-mkdir -p "$CACHE/guest"
+mkdir -p "$CACHE/guest/$FLAVOUR"
 exec 9>"$CACHE/guest/.lock"
 flock -w 300 9 || die "timeout waiting for $CACHE/guest/.lock"
 if [ ! -f "$DEST/initrd.gz" ]; then
   start=$(date +%s%N)
   build
-  # older images are for a kernel or script that no longer exists
-  find "$CACHE/guest" -mindepth 1 -maxdepth 1 -not -name "$KEY" -not -name .lock -exec rm -rf {} +
+  # older images of this flavour are for a kernel or script that no longer exists (and images
+  # directly under guest/ are from before the flavours)
+  find "$CACHE/guest/$FLAVOUR" -mindepth 1 -maxdepth 1 -not -name "$KEY" -exec rm -rf {} +
+  find "$CACHE/guest" -mindepth 1 -maxdepth 1 -not -name .lock -not -name kernel -not -name kernel-watchdog -exec rm -rf {} +
   printf 'build-guest: built %s (kernel %s) in %d ms\n' "$DEST" "$KVER" $((($(date +%s%N) - start) / 1000000)) >&2
 else
   printf 'build-guest: cached %s (kernel %s)\n' "$DEST" "$KVER" >&2

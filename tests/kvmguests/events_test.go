@@ -83,6 +83,28 @@ func await[V any](t *testing.T, c *collector, from time.Time, host, key string, 
 	return zero, time.Time{}
 }
 
+// pushingPlugin starts the plugin on the lab's libvirtd with its events pushed to a trapper
+// stand-in, whose values the collector keeps; opts add to or override the configuration.
+func pushingPlugin(t *testing.T, l *lab.Lab, opts map[string]string) (*plugin.Config, *collector) {
+	t.Helper()
+	trap := sendertest.Start(t, sendertest.Options{})
+	got := collect(t, trap)
+	o := map[string]conf.Value{}
+	for k, v := range map[string]string{"URI": l.URI(), "Timeout": "5", "Push.Server": trap.Addr, "Push.Host": "hv-lab"} {
+		o[k] = conf.Value{Value: v}
+	}
+	for k, v := range opts {
+		o[k] = conf.Value{Value: v}
+	}
+	cfg, err := plugin.ParseOptions(o, 3)
+	require.NoError(t, err)
+	p := plugin.New(hypervisor.Open)
+	require.NoError(t, p.Apply(cfg, plugin.AgentCaller))
+	p.Start()
+	t.Cleanup(p.Stop)
+	return cfg, got
+}
+
 // A guest panic (pvpanic) and a pause on a full disk, in real QEMU guests: the events reach the
 // guest host's trapper item within a second with the problem they open; the repair step starts the
 // panicked guest and says so on kvm.domain.ladder.push; the guest paused on the I/O error is held
@@ -94,20 +116,9 @@ func TestEventsPanicAndIOErrorPause(t *testing.T) {
 	pan.WaitAgent(t, 90*time.Second)
 	full.WaitAgent(t, 90*time.Second)
 
-	trap := sendertest.Start(t, sendertest.Options{})
-	got := collect(t, trap)
 	dir := t.TempDir()
-	o := map[string]conf.Value{}
-	for k, v := range map[string]string{"URI": l.URI(), "Timeout": "5", "Push.Server": trap.Addr, "Push.Host": "hv-lab",
-		"Actions.Enable": "1", "Actions.AllowDomains": "kvmt-ev-.*", "StateDir": dir + "/state", "AuditLog": dir + "/audit.log"} {
-		o[k] = conf.Value{Value: v}
-	}
-	cfg, err := plugin.ParseOptions(o, 3)
-	require.NoError(t, err)
-	p := plugin.New(hypervisor.Open)
-	require.NoError(t, p.Apply(cfg, plugin.AgentCaller))
-	p.Start()
-	t.Cleanup(p.Stop)
+	cfg, got := pushingPlugin(t, l, map[string]string{"Actions.Enable": "1", "Actions.AllowDomains": "kvmt-ev-.*",
+		"StateDir": dir + "/state", "AuditLog": dir + "/audit.log"})
 	h, err := hypervisor.New(cfg, nil)
 	require.NoError(t, err)
 	t.Cleanup(h.Close)
@@ -222,4 +233,30 @@ func TestEvidenceOfAnOSHang(t *testing.T) {
 	require.Contains(t, string(serial), lab.ReadyMarker, "the serial tail holds the guest's boot")
 	_, err = os.Stat(filepath.Join(rep.Evidence, "diagnosis.json"))
 	require.NoError(t, err)
+}
+
+// A guest whose watchdog expires (i6300esb, action none; the guest boots Debian's standard kernel
+// flavour for its driver): libvirt's watchdog event reaches the guest host's trapper item with
+// the ladder's problem, and the guest keeps running (action none). The test logs how long after
+// libvirt's callback the value arrived, and after the daemon was stopped.
+func TestEventsWatchdogExpiry(t *testing.T) {
+	l := lab.Get(t)
+	g := l.Guest(t, "kvmt-ev-wdog", lab.GuestOpts{Start: true, Agent: true, Watchdog: true})
+	g.WaitAgent(t, 90*time.Second)
+
+	_, got := pushingPlugin(t, l, nil)
+	v, _ := await(t, got, time.Now().Add(-time.Minute), g.UUID(), "kvm.domain.event.push", func(v plugin.EventValue) bool { return v.Reconciled })
+	require.Equal(t, "", *v.Ladder)
+
+	const secs = 5
+	stopped := g.StarveWatchdog(t, secs)
+	v, at := await(t, got, stopped, g.UUID(), "kvm.domain.event.push", func(v plugin.EventValue) bool { return v.Kind == "watchdog" })
+	require.Equal(t, "none", v.Reason)
+	require.Equal(t, "watchdog fired (action none)", *v.Ladder)
+	fired, err := time.Parse(time.RFC3339Nano, v.Time)
+	require.NoError(t, err, v.Time)
+	require.False(t, fired.Before(stopped.Add(-2*time.Second)), "fired %s before the daemon stopped %s", fired, stopped)
+	t.Logf("watchdog (timeout %d s): daemon stopped → watchdog/none at the trapper in %s; libvirt's callback → trapper %s",
+		secs, at.Sub(stopped).Round(time.Millisecond), at.Sub(fired).Round(time.Millisecond))
+	require.Equal(t, "running", g.State(t), "action none leaves the guest running")
 }

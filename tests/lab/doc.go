@@ -95,6 +95,10 @@
 // reused after cleanup) gets 10.77.0.(10+i) and MAC 52:54:00:77:00:(10+i in hex); its UUID derives
 // from its name. NoKernel guests have no kernel and no disk: they sit in SeaBIOS and ignore every
 // gentle request. A guest with neither ACPI nor Agent ignores ACPI and agent shutdowns too.
+// Watchdog guests get QEMU's i6300esb watchdog (action none) and boot Debian's standard kernel
+// flavour of the same version instead (scripts/deps.sh watchdog; the image is built at the first
+// one): the cloud flavour has no i6300esb or iTCO_wdt driver, and a module loads only into the
+// flavour it was built for. StarveWatchdog arms it with busybox watchdog and stops the daemon.
 //
 // Boot to HTTP 200 takes about 3.5 s for one guest on an idle 2-core machine, about 6 s for four at
 // once, and much longer when other tests load the CPUs: give WaitHTTP a generous timeout (60 s).

@@ -52,6 +52,10 @@ type GuestOpts struct {
 	FullDisk bool
 	// Video adds a VGA card (the lab's guests have none): what a console screenshot needs.
 	Video bool
+	// Watchdog adds QEMU's i6300esb watchdog with action none (libvirt reports its expiry as a
+	// watchdog event and leaves the guest running) and boots Debian's standard kernel flavour,
+	// which has its driver (scripts/deps.sh watchdog); the other guests keep the cloud kernel.
+	Watchdog bool
 }
 
 // Guest is one libvirt domain of the lab, removed (destroy + undefine) when the test that made it ends.
@@ -122,10 +126,17 @@ func (l *Lab) Guest(t testing.TB, name string, opts GuestOpts) *Guest {
 			t.Fatal(err)
 		}
 	}
+	img := l.img
+	if opts.Watchdog && !opts.NoKernel {
+		var err error
+		if img, err = l.watchdogImage(); err != nil {
+			t.Fatalf("lab: guest %s: %v", name, err)
+		}
+	}
 	if opts.FullDisk && !opts.NoKernel {
 		g.fullDisk = smallTmpfsFile(t, filepath.Join(dir, "fulldisk"))
 	}
-	if err := os.WriteFile(xmlPath, []byte(g.domainXML(disk)), 0o644); err != nil {
+	if err := os.WriteFile(xmlPath, []byte(g.domainXML(img, disk)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := l.Virsh("define", xmlPath); err != nil {
@@ -146,7 +157,7 @@ func uuidFor(name string) string {
 	return fmt.Sprintf("%x-%x-%x-%x-%x", h[0:4], h[4:6], h[6:8], h[8:10], h[10:16])
 }
 
-func (g *Guest) domainXML(disk string) string {
+func (g *Guest) domainXML(img, disk string) string {
 	esc := func(s string) string {
 		var b strings.Builder
 		_ = xml.EscapeText(&b, []byte(s))
@@ -165,7 +176,7 @@ func (g *Guest) domainXML(disk string) string {
 	fmt.Fprintf(&b, "  <memory unit='MiB'>%d</memory>\n  <vcpu>1</vcpu>\n  <os>\n    <type arch='x86_64' machine='pc'>hvm</type>\n", mem)
 	if !g.opts.NoKernel {
 		fmt.Fprintf(&b, "    <kernel>%s</kernel>\n    <initrd>%s</initrd>\n    <cmdline>%s</cmdline>\n",
-			esc(filepath.Join(g.lab.img, "vmlinuz")), esc(filepath.Join(g.lab.img, "initrd.gz")), esc(g.cmdline()))
+			esc(filepath.Join(img, "vmlinuz")), esc(filepath.Join(img, "initrd.gz")), esc(g.cmdline()))
 	} else {
 		b.WriteString("    <boot dev='hd'/>\n")
 	}
@@ -180,6 +191,9 @@ func (g *Guest) domainXML(disk string) string {
 	}
 	if g.opts.Video {
 		b.WriteString("    <video><model type='vga'/></video>\n")
+	}
+	if g.opts.Watchdog {
+		b.WriteString("    <watchdog model='i6300esb' action='none'/>\n")
 	}
 	if g.opts.Panic {
 		b.WriteString("    <panic model='isa'><address type='isa' iobase='0x505'/></panic>\n")
@@ -295,6 +309,23 @@ func (g *Guest) spawn(t testing.TB, what, path string, args ...string) {
 func (g *Guest) Panic(t testing.TB) {
 	t.Helper()
 	g.spawn(t, "panic", "/bin/sh", "-c", "echo c > /proc/sysrq-trigger")
+}
+
+// StarveWatchdog arms the guest's watchdog with busybox watchdog (timeout secs, fed every second)
+// and then stops the daemon (SIGSTOP: it never writes the magic close), so the device expires
+// secs later. It returns when the daemon was stopped.
+func (g *Guest) StarveWatchdog(t testing.TB, secs int) time.Time {
+	t.Helper()
+	if !g.opts.Watchdog {
+		t.Fatalf("lab: guest %s has no watchdog (GuestOpts.Watchdog)", g.name)
+	}
+	code, out, err := g.Exec(15*time.Second, "/bin/sh", "-c", fmt.Sprintf(
+		"watchdog -T %d -t 1 /dev/watchdog && sleep 1 && pid=$(pidof watchdog) && kill -STOP $pid && echo stopped $pid", secs))
+	stopped := time.Now()
+	if err != nil || code != 0 || !strings.HasPrefix(out, "stopped ") {
+		t.Fatalf("lab: guest %s: arm and stop the watchdog: exit %d, %q, %v", g.name, code, out, err)
+	}
+	return stopped
 }
 
 // HangOS stops every process of the guest but init (kill -STOP -1 through the agent): the kernel

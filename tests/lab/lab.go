@@ -45,6 +45,7 @@ const (
 type Lab struct {
 	ns     string
 	img    string // directory with vmlinuz and initrd.gz
+	wdImg  string // the same for watchdog guests (standard kernel flavour), built at the first one
 	lock   *os.File
 	virsh  string
 	mu     sync.Mutex
@@ -123,7 +124,7 @@ func start(t testing.TB, ns string) (l *Lab, err error) {
 
 	t0 = time.Now()
 	l.img = filepath.Join(stateDir, "img")
-	if err = buildImage(l.img); err != nil {
+	if err = buildImage(l.img, "kernel"); err != nil {
 		return l, err
 	}
 	t.Logf("lab: guest image ready in %.2fs (%s)", time.Since(t0).Seconds(), l.img)
@@ -258,7 +259,7 @@ func writeQemuConf() error {
 }
 
 // buildImage runs tests/guest/build-guest.sh, which reuses its cache when nothing changed.
-func buildImage(out string) error {
+func buildImage(out, flavour string) error {
 	root, err := repoRoot()
 	if err != nil {
 		return err
@@ -267,6 +268,7 @@ func buildImage(out string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, script, out)
+	cmd.Env = append(os.Environ(), "KVM_KERNEL_FLAVOUR="+flavour)
 	cmd.WaitDelay = 5 * time.Second
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("%s: %w: %s", script, err, strings.TrimSpace(string(b)))
@@ -432,6 +434,9 @@ func (l *Lab) close(log io.Writer) error {
 	if l.img != "" {
 		_ = os.RemoveAll(l.img)
 	}
+	if l.wdImg != "" {
+		_ = os.RemoveAll(l.wdImg)
+	}
 	if l.lock != nil {
 		_ = l.lock.Close()
 	}
@@ -552,4 +557,20 @@ func tail(path string, n int) string {
 		b = b[len(b)-n:]
 	}
 	return strings.TrimSpace(string(b))
+}
+
+// watchdogImage builds, at the first watchdog guest, the image with Debian's standard kernel
+// flavour (scripts/deps.sh watchdog), which has the i6300esb driver the cloud flavour lacks.
+func (l *Lab) watchdogImage() (string, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.wdImg != "" {
+		return l.wdImg, nil
+	}
+	dir := filepath.Join(stateDir, "img-watchdog")
+	if err := buildImage(dir, "kernel-watchdog"); err != nil {
+		return "", err
+	}
+	l.wdImg = dir
+	return dir, nil
 }
