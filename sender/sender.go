@@ -294,9 +294,9 @@ func clip(b []byte) string {
 // answer success or refuses any value (failed > 0); the Result is returned with it.
 // With several addresses it starts at the one that last took the host's values, goes on to the
 // next when one cannot be reached, and follows a proxy's redirect once; each exchange has its own
-// Timeout. With several addresses, items of several hosts go in one request per host: a 7.0 proxy group balances hosts on
-// its own, so a hypervisor and its discovered guests may each be on a different proxy (seen in
-// tests/fleet), and one request for both would be refused in part by either.
+// Timeout. With several addresses, items of several hosts go in one request per host: a 7.0 proxy
+// group balances hosts on its own, so a hypervisor and its discovered guests may each be on a
+// different proxy (seen in tests/fleet), and one request for both would be refused in part.
 func (c *Client) Send(ctx context.Context, items ...Item) (Result, error) {
 	if c == nil || c.Dial == nil {
 		return Result{}, errors.New("zabbix sender: client not initialised (use sender.New)")
