@@ -61,7 +61,7 @@ func BenchmarkFleet(b *testing.B) {
 	fmt.Fprintf(&s, "\nfleet %dx%d (%d guest hosts) through %d proxies of one group, 2 cores\n", n, g, d.Hosts, len(f.Proxies))
 	fmt.Fprintf(&s, "  zabbix setup → every guest host discovered: %6.1f s\n", d.Discovered.Seconds())
 	fmt.Fprintf(&s, "  zabbix setup → every guest's statistics polled: %6.1f s\n", d.Polled.Seconds())
-	fmt.Fprintf(&s, "  steady window %.0f s:\n  | part | CPU (%% of one core) | RSS MiB |\n  |---|---|---|\n", el.Seconds())
+	fmt.Fprintf(&s, "  steady window %.0f s:\n  | part | CPU (%% of one core) | RSS MiB (summed over its processes: shared memory counts in each) |\n  |---|---|---|\n", el.Seconds())
 	for _, k := range names {
 		c, rss := treeCPU(parts[k]...)
 		pct := 100 * (c - cpu0[k]).Seconds() / el.Seconds()
