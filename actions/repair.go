@@ -117,8 +117,8 @@ func firstLine(s string) string {
 	return s
 }
 
-// stillBooting tells whether a step of ours restarted the domain less than HealthTimeout ago: a
-// guest still booting has a silent agent and busy vCPUs, which is what a hung OS looks like, and a
+// stillBooting tells whether the domain restarted less than HealthTimeout ago (a step of ours or
+// the guest's own reboot, as the loop guard records them): a guest still booting has a silent agent and busy vCPUs, which is what a hung OS looks like, and a
 // reset then would make a boot loop. Seen in the events scenario: a panicked guest started by one
 // repair was diagnosed os-hung and reset 3.4 s later by the repair of its out-of-pool problem.
 func (j *job) stillBooting() (string, bool, error) {

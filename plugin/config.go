@@ -175,7 +175,7 @@ var options = []option{
 	}},
 	{"Actions.GentleSeconds", "60", "5-3600", "Seconds a gentle shutdown or reboot may take before it counts as ignored.", intRange(5, 3600, func(c *Config, n int) { c.GentleTimeout = time.Duration(n) * time.Second })},
 	{"Actions.ForcedSeconds", "30", "25-600", "Seconds each forced call (reset, destroy, start) may take; destroy of a hung QEMU takes 12-17 s.", intRange(25, 600, func(c *Config, n int) { c.ForcedTimeout = time.Duration(n) * time.Second })},
-	{"Actions.HealthSeconds", "120", "5-3600", "Seconds recover waits for the guest to be healthy after each step; for as long after a restart by a step or button, repair does not reset the guest as hung (a booting guest looks hung).", intRange(5, 3600, func(c *Config, n int) { c.HealthTimeout = time.Duration(n) * time.Second })},
+	{"Actions.HealthSeconds", "120", "5-3600", "Seconds recover waits for the guest to be healthy after each step; for as long after a restart (by a step, a button or the guest itself), repair does not reset the guest as hung (a booting guest looks hung).", intRange(5, 3600, func(c *Config, n int) { c.HealthTimeout = time.Duration(n) * time.Second })},
 	{"Actions.HealthPort", "80", "0-65535", "Port recover checks on the guest's private address (HTTP if HealthPath is set, else TCP); 0: guest agent ping only.", intRange(0, 65535, func(c *Config, n int) { c.HealthPort = n })},
 	{"Actions.HealthPath", "/", "", "HTTP path recover GETs (status below 400 is healthy). Empty: a TCP connect is enough.", func(c *Config, v string) error {
 		if v != "" && !strings.HasPrefix(v, "/") {
