@@ -242,13 +242,18 @@ func TestSendFailover(t *testing.T) {
 	assert.Equal(t, map[string]int{dead: 1, live: 2}, dials)
 }
 
+// redirectTo is capture (a real 7.0.9 proxy's redirect, testdata/README.md) pointed at addr, framed.
+func redirectTo(capture []byte, addr string) []byte {
+	return Frame(bytes.Replace(bytes.TrimSpace(capture), []byte("127.0.0.1:15490"), []byte(addr), 1))
+}
+
 func TestSendRedirect(t *testing.T) {
 	// a real 7.0.9 proxy's redirect (testdata/README.md), pointed at the proxy that monitors the host
 	capture, err := os.ReadFile("testdata/proxy-redirect-7.0.9.json")
 	require.NoError(t, err)
 	mine, gotMine := trapper(t, success)
-	redirect := bytes.Replace(bytes.TrimSpace(capture), []byte("127.0.0.1:15490"), []byte(mine), 1)
-	other, gotOther := trapper(t, func(map[string]any) []byte { return Frame(redirect) })
+	redirect := redirectTo(capture, mine)
+	other, gotOther := trapper(t, func(map[string]any) []byte { return redirect })
 	c, err := New(other, time.Second)
 	require.NoError(t, err)
 	dials := counting(c)
@@ -265,10 +270,10 @@ func TestSendRedirect(t *testing.T) {
 	// two proxies that each send us to the other: one redirect is followed, then an error, no loop
 	var a, b string
 	a, _ = trapper(t, func(map[string]any) []byte {
-		return Frame(bytes.Replace(bytes.TrimSpace(capture), []byte("127.0.0.1:15490"), []byte(b), 1))
+		return redirectTo(capture, b)
 	})
 	b, _ = trapper(t, func(map[string]any) []byte {
-		return Frame(bytes.Replace(bytes.TrimSpace(capture), []byte("127.0.0.1:15490"), []byte(a), 1))
+		return redirectTo(capture, a)
 	})
 	c, err = New(a, time.Second)
 	require.NoError(t, err)
@@ -288,7 +293,7 @@ func TestSendPerHost(t *testing.T) {
 		return func(req map[string]any) []byte {
 			host := req["data"].([]any)[0].(map[string]any)["host"].(string)
 			if o := *owner[host]; o != *self {
-				return Frame(bytes.Replace(bytes.TrimSpace(capture), []byte("127.0.0.1:15490"), []byte(o), 1))
+				return redirectTo(capture, o)
 			}
 			return success(req)
 		}
