@@ -345,8 +345,8 @@ UserParameter=kvm.domain.discovery,cat %[2]s/domaindiscovery.json
 	out, err := os.Create(filepath.Join(dir, "agent2.out"))
 	require.NoError(t, err)
 	cmd.Stdout, cmd.Stderr = out, out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	require.NoError(t, cmd.Start())
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	require.NoError(t, harness.StartDying(cmd, syscall.SIGKILL))
 	done := make(chan struct{})
 	go func() { cmd.Wait(); out.Close(); close(done) }()
 	t.Cleanup(func() {

@@ -367,7 +367,7 @@ func startAgent(t *testing.T, o *chroot.Overlay, u *Unit, port int) *agent {
 		}
 		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(usr.uid), Gid: uint32(gid), Groups: groups}
 		cmd.Stdout, cmd.Stderr = logf, logf
-		require.NoError(t, cmd.Start(), "start %v", argv)
+		require.NoError(t, harness.StartDying(cmd, syscall.SIGKILL), "start %v", argv)
 		a.pid = cmd.Process.Pid
 		go func() { _ = cmd.Wait(); a.state = cmd.ProcessState; logf.Close(); close(a.exited) }()
 		t.Cleanup(func() { a.stop(t) })

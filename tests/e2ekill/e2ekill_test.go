@@ -161,7 +161,7 @@ func TestKilledScenarioLeavesNothing(t *testing.T) {
 	}
 	_, err = os.Stat(filepath.Join("/run/netns", r.Netns))
 	assert.True(t, os.IsNotExist(err), "netns %s left after the next run: %v", r.Netns, err)
-	zbx.Reap(t)
+	zbx.Reap(t) // waits for the machine's lock: another package's stack may be reaping it right now
 	assert.NoDirExists(t, r.ZbxDir)
 	assert.Empty(t, r.leftovers())
 }

@@ -228,7 +228,9 @@ func (a *Agent) start(t testing.TB) error {
 		t.Fatal(err)
 	}
 	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
+	// SIGKILL when the test process dies without its cleanups; the plugin exits when the agent's
+	// socket closes.
+	if err := StartDying(cmd, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	a.cmd = cmd

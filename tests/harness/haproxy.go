@@ -184,7 +184,7 @@ func (h *HAProxy) Start() {
 	cmd := HAProxyCommand(h.t, "-f", h.Cfg, "-db")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
+	if err := StartDying(cmd, syscall.SIGKILL); err != nil {
 		logf.Close()
 		h.mu.Unlock()
 		h.t.Fatalf("start haproxy: %v", err)

@@ -41,6 +41,7 @@ var portRanges = map[string][2]int{
 	"hypervisor": {18500, 18999},
 	"sender":     {19000, 19099},
 	"demo":       {19500, 19599}, // scripts/demo.sh (tests/demo)
+	"harness":    {19600, 19649}, // tests/harness's own kill test
 }
 
 // Port is a free port of the calling test package's own range.

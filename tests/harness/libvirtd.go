@@ -38,8 +38,8 @@ func StartLibvirtd(t testing.TB, dir string) (sock string) {
 	}
 	cmd.Stdout, cmd.Stderr = out, out
 	// own process group: a terminal's Ctrl-C reaches the caller, which stops it in order
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := StartDying(cmd, syscall.SIGKILL); err != nil {
 		t.Fatalf("libvirtd: %v (scripts/deps.sh build installs it)", err)
 	}
 	exited := make(chan struct{})

@@ -168,8 +168,8 @@ func startShell(t *testing.T, root, home string, vars map[string]string) *shell 
 	cmd := exec.Command("unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "bash", "-s")
 	cmd.Dir, cmd.Env = root, env
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, outW
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := harness.StartDying(cmd, syscall.SIGKILL); err != nil {
 		t.Fatalf("start the trial's shell: %v", err)
 	}
 	inR.Close()

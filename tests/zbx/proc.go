@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -28,25 +27,6 @@ const ownerFile = "owner"
 // hands it to the test binary it runs (tests/zbxkill): the child adopts that descriptor instead of
 // waiting for a lock its parent will not release.
 const EnvLockFD = "KVM_ZBX_LOCK_FD"
-
-// spawns are started by one goroutine locked to its OS thread for the life of the process: a
-// parent-death signal fires when the thread that forked the child exits, and the Go runtime ends
-// threads (a goroutine that exits while locked to its thread takes the thread with it).
-var spawns = make(chan spawnReq)
-
-type spawnReq struct {
-	cmd *exec.Cmd
-	err chan error
-}
-
-func init() {
-	go func() {
-		runtime.LockOSThread() // never unlocked: this thread lives as long as the process
-		for r := range spawns {
-			r.err <- r.cmd.Start()
-		}
-	}()
-}
 
 // daemon describes how one of the stack's long-running processes is started and stopped.
 type daemon struct {
@@ -71,10 +51,8 @@ func (d daemon) start(t testing.TB, argv ...string) *exec.Cmd {
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Dir = d.dir
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: d.death, Credential: d.cred}
-	req := spawnReq{cmd, make(chan error)}
-	spawns <- req
-	if err := <-req.err; err != nil {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: d.cred}
+	if err := harness.StartDying(cmd, d.death); err != nil {
 		logf.Close()
 		t.Fatalf("zbx: start %s: %v", d.what, err)
 	}
@@ -193,8 +171,11 @@ func ownerAlive(dir string) (alive, ok bool) {
 // left: their temp dirs, after killing every process still working in them. A dir is reaped only when
 // its owner file names a process that no longer runs, so a live stack, or one of a version of this
 // package without owner files, is never touched. Start calls it; it returns the dirs it removed.
+// It holds the machine's lock (LockMachine) until t ends: two reapers at once would race on one
+// dir (one sees its owner file already gone and skips a dir the other has not finished removing).
 func Reap(t testing.TB) []string {
 	t.Helper()
+	LockMachine(t)
 	return reapIn(t, os.TempDir())
 }
 

@@ -168,7 +168,6 @@ func Start(t testing.TB, o Options) *Stack {
 
 	s.PGPort = harness.FreePort(t, portLo, portHi)
 	s.ServerPort = harness.FreePort(t, portLo, portHi)
-	s.WebPort = harness.FreePort(t, portLo, portHi)
 	s.SMTP = StartSMTP(t, harness.FreePort(t, portLo, portHi))
 
 	s.startPostgres(t, pgdir)
@@ -203,26 +202,7 @@ func Start(t testing.TB, o Options) *Stack {
 		t.Fatalf("zbx: private frontend from %s: %v", lay.frontend, err)
 	}
 	lap("frontend")
-	s.URL = fmt.Sprintf("http://127.0.0.1:%d/", s.WebPort)
-	// php -S workers outlive their parent whatever signal it gets, so php runs as PID 1 of a PID
-	// namespace held by unshare: unshare dies with us (parent-death signal), php with unshare
-	// (--kill-child), the workers with their namespace's PID 1 (the kernel kills the rest). SIGTERM
-	// would stop nothing (unshare blocks it, and a namespace's PID 1 ignores signals it has no handler
-	// for) and php -S keeps no state: the whole group gets SIGKILL.
-	web := daemon{what: "php -S", log: filepath.Join(run, "php.log"), dir: run,
-		stop: syscall.SIGKILL, group: true, death: syscall.SIGKILL, grace: 5 * time.Second}
-	s.PIDs["php"] = web.start(t, "/usr/bin/env", "PHP_CLI_SERVER_WORKERS=4", "unshare", "--pid", "--kill-child=SIGKILL",
-		"php", "-d", "memory_limit=512M", "-d", "post_max_size=32M", "-d", "max_execution_time=300",
-		"-S", fmt.Sprintf("127.0.0.1:%d", s.WebPort), "-t", front).Process.Pid
-
-	s.API = zabbixapi.New(s.URL)
-	harness.WaitFor(t, 60*time.Second, 100*time.Millisecond, "frontend API (see "+run+"/php.log)", func() (bool, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		v, err := s.API.Version(ctx)
-		s.APIVersion = v
-		return err == nil, err
-	})
+	s.startWeb(t, front, run)
 	if !strings.HasPrefix(s.APIVersion, o.Version+".") {
 		t.Fatalf("zbx: asked for %s, the API says %s", o.Version, s.APIVersion)
 	}
@@ -456,4 +436,82 @@ func (s *Stack) QueryInt(sql string) (int64, error) {
 		return 0, fmt.Errorf("psql %q: %w: %s", sql, err, lastLines(string(out), 3))
 	}
 	return strconv.ParseInt(strings.TrimSpace(string(out)), 10, 64)
+}
+
+// startWeb serves the private frontend with php -S and waits for its API. php -S is a development
+// server: once in a CI run (of dozens) it accepted every connection and closed it unanswered (the
+// client saw EOF) for the whole minute it was given. A second php -S on another port is started
+// then, after logging what the first one said and who listened on its port, so that a stack test
+// fails only when the frontend itself cannot answer.
+func (s *Stack) startWeb(t testing.TB, front, run string) {
+	t.Helper()
+	var lastErr error
+	for attempt := 1; attempt <= 2; attempt++ {
+		s.WebPort = harness.FreePort(t, portLo, portHi)
+		s.URL = fmt.Sprintf("http://127.0.0.1:%d/", s.WebPort)
+		logPath := filepath.Join(run, fmt.Sprintf("php-%d.log", attempt))
+		// php -S workers outlive their parent whatever signal it gets, so php runs as PID 1 of a PID
+		// namespace held by unshare: unshare dies with us (parent-death signal), php with unshare
+		// (--kill-child), the workers with their namespace's PID 1 (the kernel kills the rest).
+		// SIGTERM would stop nothing (unshare blocks it, and a namespace's PID 1 ignores signals it has
+		// no handler for) and php -S keeps no state: the whole group gets SIGKILL.
+		web := daemon{what: "php -S", log: logPath, dir: run,
+			stop: syscall.SIGKILL, group: true, death: syscall.SIGKILL, grace: 5 * time.Second}
+		cmd := web.start(t, "/usr/bin/env", "PHP_CLI_SERVER_WORKERS=4", "unshare", "--pid", "--kill-child=SIGKILL",
+			"php", "-d", "memory_limit=512M", "-d", "post_max_size=32M", "-d", "max_execution_time=300",
+			"-S", fmt.Sprintf("127.0.0.1:%d", s.WebPort), "-t", front)
+		s.PIDs["php"] = cmd.Process.Pid
+		s.API = zabbixapi.New(s.URL)
+		wait := 30 * time.Second
+		if attempt == 2 {
+			wait = 60 * time.Second
+		}
+		lastErr = harness.Wait(context.Background(), wait, 100*time.Millisecond, func() (bool, error) {
+			if harness.StartTime(cmd.Process.Pid) == "" {
+				return false, harness.Final(fmt.Errorf("php -S exited: %s", harness.TailFile(logPath, 20)))
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			v, err := s.API.Version(ctx)
+			s.APIVersion = v
+			return err == nil, err
+		})
+		if lastErr == nil {
+			return
+		}
+		t.Logf("zbx: frontend API on port %d not ready after %s: %v; listening there: %v; %s:\n%s",
+			s.WebPort, wait, lastErr, listeners(s.WebPort), logPath, harness.TailFile(logPath, 20))
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	}
+	t.Fatalf("zbx: waiting for the frontend API (see %s/php-*.log): %v", run, lastErr)
+}
+
+// listeners names the processes with a TCP socket listening on port (IPv4), for a failure message.
+func listeners(port int) []string {
+	b, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		return []string{err.Error()}
+	}
+	inodes := map[string]bool{}
+	for _, l := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(l)
+		// local_address is HEXIP:HEXPORT; state 0A is LISTEN; field 9 is the inode
+		if len(f) < 10 || f[3] != "0A" || !strings.HasSuffix(f[1], fmt.Sprintf(":%04X", port)) {
+			continue
+		}
+		inodes["socket:["+f[9]+"]"] = true
+	}
+	var out []string
+	procs, _ := filepath.Glob("/proc/[0-9]*/fd/*")
+	for _, fd := range procs {
+		if l, err := os.Readlink(fd); err == nil && inodes[l] {
+			pid := strings.Split(fd, "/")[2]
+			comm, _ := os.ReadFile("/proc/" + pid + "/comm")
+			out = append(out, fmt.Sprintf("%s(%s)", strings.TrimSpace(string(comm)), pid))
+		}
+	}
+	if len(out) == 0 && len(inodes) > 0 {
+		out = append(out, fmt.Sprintf("%d socket(s), no process found", len(inodes)))
+	}
+	return out
 }
