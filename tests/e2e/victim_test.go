@@ -3,7 +3,6 @@
 package e2e
 
 import (
-	"encoding/json"
 	"os"
 	"syscall"
 	"testing"
@@ -65,16 +64,7 @@ func TestVictim(t *testing.T) {
 	for _, p := range pids {
 		r.Starts[p] = harness.StartTime(p)
 	}
-	b, err := json.Marshal(r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(out+".tmp", b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(out+".tmp", out); err != nil {
-		t.Fatal(err)
-	}
+	harness.WriteReport(t, out, r)
 	<-time.After(time.Hour) // until killed; the killer gives up long before
 	t.Fatal("the victim was not killed")
 }

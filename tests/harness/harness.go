@@ -4,6 +4,7 @@ package harness
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -209,3 +210,19 @@ type final struct{ error }
 
 func (f final) Final() bool   { return true }
 func (f final) Unwrap() error { return f.error }
+
+// WriteReport writes v as JSON to path in one rename, so that a parent polling for path never reads
+// half of it: how a victim test process tells the test that will kill it what it started.
+func WriteReport(t testing.TB, path string, v any) {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path+".tmp", b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(path+".tmp", path); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -49,16 +49,7 @@ func TestKillVictim(t *testing.T) {
 	for name, p := range pids {
 		starts[name] = fmt.Sprintf("%d %s", p, StartTime(p))
 	}
-	b, err := json.Marshal(starts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(out+".tmp", b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(out+".tmp", out); err != nil {
-		t.Fatal(err)
-	}
+	WriteReport(t, out, starts)
 	<-time.After(time.Hour)
 	t.Fatal("the victim was not killed")
 }

@@ -72,13 +72,7 @@ func TestVictim(t *testing.T) {
 	for _, p := range v.pids() {
 		v.Starts[p] = harness.StartTime(p)
 	}
-	b, _ := json.Marshal(v)
-	if err := os.WriteFile(out+".tmp", b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(out+".tmp", out); err != nil {
-		t.Fatal(err)
-	}
+	harness.WriteReport(t, out, v)
 	time.Sleep(2 * labWait) // until killed; the killer gives up long before
 	t.Fatal("the victim was not killed")
 }

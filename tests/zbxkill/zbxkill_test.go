@@ -57,10 +57,7 @@ func TestVictim(t *testing.T) {
 	s := zbx.Start(t, zbx.Options{Version: os.Getenv(envVersion)})
 	v := victim{PID: os.Getpid(), Start: harness.StartTime(os.Getpid()), Dir: s.Dir, FrontConf: s.FrontConf,
 		Daemons: s.PIDs, Procs: zbx.Procs(s.Dir)}
-	b, err := json.Marshal(v)
-	require.NoError(t, err)
-	require.NoError(t, os.WriteFile(out+".tmp", b, 0o600))
-	require.NoError(t, os.Rename(out+".tmp", out))
+	harness.WriteReport(t, out, v)
 	<-time.After(2 * upWait) // until killed; the killer gives up long before
 	t.Fatal("the victim was not killed")
 }
