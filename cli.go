@@ -34,7 +34,9 @@ Options:
   --timeout S  overall deadline in seconds (default: Plugins.KVM.Timeout for get, the Actions.*Seconds for actions)
   --caller N   who acts, for the audit log (default cli:$USER; the provisioned Zabbix scripts say zabbix)
   --event ID   the Zabbix problem this action works on ({EVENT.ID}, as the ladder's scripts pass it):
-               with Plugins.KVM.Zabbix.URL and Zabbix.TokenFile, the outcome is posted on it as a message
+               with Plugins.KVM.Zabbix.URL and Zabbix.TokenFile, the outcome is posted on it as a message;
+               reboot, reset and forced-restart are then held (exit 3) while the guest's haproxy
+               check passes: an automatic step restarts no guest that serves
   --background check the configuration, then run the action detached and exit 0 at once (the
                frontend buttons: the server waits for a button only its Timeout); the audit log
                tells how it ended

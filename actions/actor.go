@@ -49,6 +49,12 @@ type Options struct {
 	Health Health // nil: AgentHealth (guest-ping)
 	Logf   func(format string, args ...any)
 	Clock  statedir.Clock // nil: the system's clocks
+	// ForAlert says the caller acts on an alert (a monitoring problem, e.g. a recovery ladder's
+	// escalation step): reboot, reset and forced-restart then hold a guest whose haproxy check passes
+	// now. The alert may be about a moment that is over (a watchdog that fired in a guest that still
+	// serves), and a restart of a serving guest is an outage of its own. repair and recover decide on
+	// health themselves; an operator's own commands (ForAlert false) are never second-guessed.
+	ForAlert bool
 	// OnEnd, if set, gets every action's end line once it is in the audit log, refused and
 	// dry-run attempts included: how the ladder explains itself in Zabbix. It must return within
 	// a few seconds; the action's caller waits for it.
@@ -146,7 +152,7 @@ type target struct {
 }
 
 // run is every action's frame: resolve the domain, the gate (policy, hold, quarantine, and for
-// restarts the storm guard and a concurrency slot), the domain's lock, the audit line at the start
+// restarts the storm and serving guards and a concurrency slot), the domain's lock, the audit line at the start
 // and at the end, and one classification of the outcome. body runs with all of that in place; in
 // a dry run it must change nothing. The returned error is body's (or the gate's), wrapped with the
 // verb and domain; out receives the outcome and detail for the caller's report.
@@ -210,7 +216,7 @@ func (j *job) gate(ctx context.Context, body func(*job) error) error {
 	}
 	if a.opts.DryRun {
 		if j.info.Kind == Restart {
-			if err := j.stormGuard(ctx); err != nil {
+			if err := j.restartGuards(ctx); err != nil {
 				return err
 			}
 		}
@@ -225,7 +231,7 @@ func (j *job) gate(ctx context.Context, body func(*job) error) error {
 		return err
 	}
 	if j.info.Kind == Restart {
-		if err := j.stormGuard(ctx); err != nil {
+		if err := j.restartGuards(ctx); err != nil {
 			return err
 		}
 		slot, err := j.dir.Slot(a.pol.MaxConcurrent, a.me(j.verb))

@@ -45,6 +45,31 @@ func (j *job) checkGuards() error {
 	return nil
 }
 
+// restartGuards are the holds every restart passes once the domain's own guards did.
+func (j *job) restartGuards(ctx context.Context) error {
+	if err := j.stormGuard(ctx); err != nil {
+		return err
+	}
+	return j.servingGuard(ctx)
+}
+
+// servingGuard holds a restart run for an alert (Options.ForAlert) while the guest's haproxy check
+// passes: the guest serves, so the alert is about a moment that is over or about something a
+// restart does not fix, and restarting it would make the outage. repair and recover judge health
+// themselves and start is for a guest that is off; a guest with no haproxy server cannot be judged
+// here and is not held.
+func (j *job) servingGuard(ctx context.Context) error {
+	a := j.a
+	if !a.opts.ForAlert || j.verb == VerbRepair || j.verb == VerbRecover || j.verb == VerbStart {
+		return nil
+	}
+	text, _, up, _ := a.poolSignals(ctx, j.domain)
+	if !up {
+		return nil
+	}
+	return fmt.Errorf("%w: the guest serves (haproxy %s): an automatic step restarts no serving guest; a human decides", ErrHeld, text)
+}
+
 // stormGuard holds a restart while most of the guest's haproxy backend is down: then the failure
 // is shared (a database, the network, a bad deploy), restarting guests cannot fix it and each
 // restart takes one more server away. Servers an operator holds out (DRAIN, MAINT) and servers

@@ -296,3 +296,50 @@ func TestStillBooting(t *testing.T) {
 	require.NoError(t, err)
 	assert.False(t, booting, "past HealthTimeout")
 }
+
+// A restart run for an alert (the ladder's steps, --event) is held while the guest's haproxy
+// check passes: the guest serves, so restarting it would be the outage. An operator's own
+// restart, a guest whose check fails and a guest behind no haproxy are not held.
+func TestServingGuard(t *testing.T) {
+	ctx := context.Background()
+	up := ServerState{Pool: "UP", CheckUp: true, Check: "L7OK 200"}
+	serving := map[string]ServerState{"test": up, "web-02": up, "web-03": up}
+	failing := map[string]ServerState{"test": {Pool: "DOWN", Check: "L4CON Connection refused"}, "web-02": up, "web-03": up}
+	restarts := map[string]func(a *Actor) error{
+		"reboot":         func(a *Actor) error { _, err := a.Do(ctx, VerbReboot, testDomain); return err },
+		"reset":          func(a *Actor) error { _, err := a.Do(ctx, VerbReset, testDomain); return err },
+		"forced-restart": func(a *Actor) error { _, err := a.ForcedRestart(ctx, testDomain); return err },
+	}
+	for verb, try := range restarts {
+		t.Run(verb, func(t *testing.T) {
+			f := newFixture(t, nil)
+			alert := f.actor(t, Options{ForAlert: true, Pool: &recordingPool{backend: serving}, Member: webMember})
+			err := try(alert)
+			require.ErrorIs(t, err, ErrHeld)
+			assert.Contains(t, err.Error(), "held: the guest serves (haproxy web/test UP L7OK 200): an automatic step restarts no serving guest")
+			assert.Empty(t, f.domainState(t).Forced, "nothing was attempted")
+			_, err = f.actor(t, Options{ForAlert: true, DryRun: true, Pool: &recordingPool{backend: serving}, Member: webMember}).ForcedRestart(ctx, testDomain)
+			require.ErrorIs(t, err, ErrHeld, "a dry run tells the same")
+
+			// the step runs (a reboot on the test driver is then "not done": its guest ignores ACPI)
+			for what, opts := range map[string]Options{
+				"the check fails":        {ForAlert: true, Pool: &recordingPool{backend: failing}, Member: webMember},
+				"no haproxy to judge by": {ForAlert: true},
+				"an operator's restart":  {Pool: &recordingPool{backend: serving}, Member: webMember},
+			} {
+				err := try(f.actor(t, opts))
+				assert.NotErrorIs(t, err, ErrHeld, what)
+				if verb != "reboot" {
+					assert.NoError(t, err, what)
+				}
+			}
+			held := 0
+			for _, e := range readAudit(t, f.audit) {
+				if e.Outcome == OutcomeHeld {
+					held++
+				}
+			}
+			assert.Equal(t, 2, held, "the refusals are audited")
+		})
+	}
+}

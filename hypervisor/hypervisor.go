@@ -128,8 +128,10 @@ func Policy(c *plugin.Config) actions.Policy {
 
 // Actor returns an actions.Actor for this configuration; caller is written to the audit log.
 func (h *Hypervisor) Actor(caller string, dryRun bool) (*actions.Actor, error) {
+	// an action run for a problem (the ladder's steps pass --event) acts on an alert: a restart then
+	// waits for a failure haproxy still sees
 	opts := actions.Options{Caller: caller, DryRun: dryRun, Health: h.Health(), Logf: h.log.Debugf,
-		Member: h.member, Owner: h.owner}
+		Member: h.member, Owner: h.owner, ForAlert: h.Event != ""}
 	if h.HAProxy != nil {
 		opts.Pool = pool{h.HAProxy}
 	}

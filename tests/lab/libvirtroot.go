@@ -1,11 +1,14 @@
 package lab
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
+	"syscall"
 
 	"zabbix-agent2-plugin-kvm/tests/chroot"
 )
@@ -73,11 +76,53 @@ func daemonCommand(bin string, args ...string) (*exec.Cmd, error) {
 			return nil, err
 		}
 	}
+	if err := shareTempDir(); err != nil {
+		return nil, err
+	}
 	// The root's qemu.conf (scripts/deps.sh libvirt11) turns libvirt's per-QEMU mount namespace off:
 	// chrooted, it fails on "/" being no mount point, then on its private /dev having no PTYs.
 	script := `set -e; r=$1; shift
 for d in ` + strings.Join(rootBinds, " ") + `; do mount --rbind "$d" "$r$d"; done
 exec chroot "$r" "$@"`
-	full := append([]string{"--mount", "--propagation", "private", "sh", "-c", script, "sh", root, "/usr/sbin/" + bin}, args...)
+	// slave: mounts the tests make later under the temp dir (a FullDisk guest's tmpfs) reach the
+	// daemon's copies of it (shareTempDir); its own bind mounts never reach back.
+	full := append([]string{"--mount", "--propagation", "slave", "sh", "-c", script, "sh", root, "/usr/sbin/" + bin}, args...)
 	return exec.Command("unshare", full...), nil
+}
+
+var sharedTemp struct {
+	once sync.Once
+	err  error
+}
+
+// shareTempDir makes the temp dir a shared mount of this process's own mount namespace (the lab's
+// test process runs in one of its own: ip netns exec makes it), so that a mount made under it
+// after a chrooted libvirtd started propagates into that daemon's namespace, whose copies (the
+// temp dir and its bind in the root) are its slaves. Without it QEMU 10 could not open a FullDisk
+// guest's disk ("Cannot access storage file …: No such file or directory"): with private
+// propagation the daemon saw the directory, not the tmpfs mounted on it. It refuses to touch its
+// parent's mount namespace.
+func shareTempDir() error {
+	sharedTemp.once.Do(func() {
+		// the parent is lab.Main's outer process, in the namespace the test was started in
+		self, err1 := os.Readlink("/proc/self/ns/mnt")
+		outer, err2 := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", os.Getppid()))
+		if err := errors.Join(err1, err2); err != nil {
+			sharedTemp.err = fmt.Errorf("lab: mount namespaces: %w", err)
+			return
+		}
+		if self == outer {
+			sharedTemp.err = errors.New("lab: a chrooted libvirtd needs the lab's own mount namespace (ip netns exec makes one); this process shares its parent's")
+			return
+		}
+		d := os.TempDir()
+		if err := syscall.Mount(d, d, "", syscall.MS_BIND|syscall.MS_REC, ""); err != nil {
+			sharedTemp.err = fmt.Errorf("lab: bind %s on itself: %w", d, err)
+			return
+		}
+		if err := syscall.Mount("", d, "", syscall.MS_SHARED, ""); err != nil {
+			sharedTemp.err = fmt.Errorf("lab: make %s shared: %w", d, err)
+		}
+	})
+	return sharedTemp.err
 }
