@@ -241,7 +241,8 @@ func (e *env) hungRepaired(t *testing.T, guest string) *repair {
 			names = append(names, f.Name())
 		}
 		if !strings.Contains(strings.Join(names, " "), "serial.log") || !strings.Contains(strings.Join(names, " "), "diagnosis.json") {
-			t.Errorf("hung guest: evidence %s holds %v", a.Evidence, names)
+			why, _ := os.ReadFile(filepath.Join(a.Evidence, "errors.txt"))
+			t.Errorf("hung guest: evidence %s holds %v; errors.txt: %s", a.Evidence, names, why)
 		}
 		r.notes = append(r.notes, fmt.Sprintf("evidence %s: %s", a.Evidence, strings.Join(names, " ")))
 	}
