@@ -31,7 +31,8 @@ const repairHTTPD = "/sbin/start-stop-daemon -S -b -x /usr/sbin/httpd -- -f -p 8
 // TestScenarioEvents is issue 11's part of the scenario, with `zabbix setup --repair` and the
 // plugin's events pushed to the real server: a frontend button pressed through the API
 // (script.execute), a dead service repaired through the guest agent, a guest panic (pvpanic)
-// started again at once, and a pause on an I/O error that pages and is never restarted. Each
+// started again at once, a watchdog expiry (i6300esb, action none) that the timed ladder's gentle
+// reboot closes, a pause on an I/O error that pages and is never restarted, and a hung QEMU. Each
 // checks the causal order, the verdict and the explanation Zabbix got (kvm.domain.ladder.last),
 // and prints "MTTR <kind>: <s>s" with its phases.
 func TestScenarioEvents(t *testing.T) {
@@ -40,6 +41,7 @@ func TestScenarioEvents(t *testing.T) {
 		{name: "web-02", opts: lab.GuestOpts{Start: true, Agent: true, ACPI: true, FullDisk: true}},
 		{name: "web-03", opts: servingGuest},
 		{name: "web-04", opts: servingGuest},
+		{name: "web-05", opts: lab.GuestOpts{Start: true, Agent: true, ACPI: true, Watchdog: true}},
 	}, func(e *env, p map[string]string, s *provision.Options) {
 		p["Exec.RepairCommands"] = repairHTTPD
 		s.Repair = provision.On
@@ -52,6 +54,9 @@ func TestScenarioEvents(t *testing.T) {
 		report(t, r)
 	}
 	if r := e.panicRestarted(t, "web-01"); r != nil {
+		report(t, r)
+	}
+	if r := e.watchdogRebooted(t, "web-05"); r != nil {
 		report(t, r)
 	}
 	e.ioErrorHeld(t, "web-02")
@@ -241,7 +246,8 @@ func (e *env) hungRepaired(t *testing.T, guest string) *repair {
 			names = append(names, f.Name())
 		}
 		if !strings.Contains(strings.Join(names, " "), "serial.log") || !strings.Contains(strings.Join(names, " "), "diagnosis.json") {
-			t.Errorf("hung guest: evidence %s holds %v", a.Evidence, names)
+			why, _ := os.ReadFile(filepath.Join(a.Evidence, "errors.txt"))
+			t.Errorf("hung guest: evidence %s holds %v; errors.txt: %s", a.Evidence, names, why)
 		}
 		r.notes = append(r.notes, fmt.Sprintf("evidence %s: %s", a.Evidence, strings.Join(names, " ")))
 	}
@@ -406,6 +412,90 @@ func (e *env) panicRestarted(t *testing.T, guest string) *repair {
 			r.phases = append(r.phases, phase{"pool problem resolved", at})
 		} else {
 			t.Errorf("panic: pool problem not resolved: %v", err)
+		}
+	}
+	return r
+}
+
+// watchdogRebooted starves a guest's watchdog (i6300esb, action none: QEMU leaves the guest
+// running). The pushed watchdog event opens the ladder's problem; its repair step finds the guest
+// healthy (its service still passes haproxy's check), changes nothing and keeps no evidence, so the
+// problem stays open and the timed ladder goes on: its gentle reboot, {gentleAfter} later, is what
+// closes it (the guest's reboot event), and no forced step follows.
+func (e *env) watchdogRebooted(t *testing.T, guest string) *repair {
+	t.Helper()
+	g := e.guests[guest]
+	fault := g.StarveWatchdog(t, 5)
+	r := &repair{kind: "watchdog", fault: fault}
+	prob, err := e.awaitProblem(guest, eventTrigger, fault, time.Minute)
+	if err != nil {
+		t.Error(err)
+		return nil
+	}
+	// the explanation the plugin pushed: kind watchdog, reason none (kvm.domain.event.push keeps no
+	// history; its dependent kvm.domain.event.ladder keeps the value's ladder text)
+	const fired = "watchdog fired (action none)"
+	var pushed time.Time
+	if err := harness.Wait(context.Background(), 10*time.Second, 500*time.Millisecond, func() (bool, error) {
+		pushed, err = e.firstPushed(guest, "kvm.domain.event.ladder", fired, fault)
+		return err == nil, err
+	}); err != nil {
+		t.Errorf("watchdog: %v", err)
+		return nil
+	}
+	if pushed.Before(fault.Add(-2*time.Second)) || prob.at().Before(pushed) {
+		t.Errorf("watchdog: daemon stopped %s, event %s, problem %s: out of order", fault.Format("15:04:05.000"),
+			pushed.Format("15:04:05.000"), prob.at().Format("15:04:05.000"))
+	}
+	r.phases = append(r.phases, phase{"watchdog event pushed", pushed}, phase{"event problem", prob.at()})
+	r.notes = append(r.notes, fmt.Sprintf("%s: %q (kvm.domain.event.ladder, the problem has its time)", prob.Name, fired))
+	if st := g.State(t); st != "running" {
+		t.Errorf("watchdog: guest is %q after its watchdog fired with action none", st)
+	}
+	a, err := e.awaitAudit(guest, provision.LadderCaller, "repair", fault, 2*time.Minute, func(a ladderAudit) bool { return true })
+	if err != nil {
+		t.Errorf("watchdog: %v", err)
+		return nil
+	}
+	if a.Outcome != "done" || a.Verdict != "healthy" || a.Evidence != "" || a.Time.Before(prob.at()) {
+		t.Errorf("watchdog: repair at %s %s verdict %q evidence %q: %s", a.Time.Format("15:04:05.000"), a.Outcome, a.Verdict, a.Evidence, a.Detail)
+	}
+	r.phases = append(r.phases, phase{"repair: healthy", a.Time.Add(time.Duration(a.Duration * float64(time.Second)))})
+	if v, err := e.ladderLast(guest, "repair done: healthy", 30*time.Second); err != nil {
+		t.Errorf("watchdog: %v", err)
+	} else {
+		r.notes = append(r.notes, "Zabbix was told: "+v)
+	}
+	if m, err := e.awaitMessage(prob.EventID, "repair done: healthy"); err != nil {
+		t.Errorf("watchdog: no message on the problem: %v", err)
+	} else {
+		r.notes = append(r.notes, "problem message: "+m)
+	}
+	rb, err := e.awaitAudit(guest, provision.LadderCaller, "reboot", fault, gentleAfter+2*time.Minute, func(a ladderAudit) bool { return true })
+	if err != nil {
+		t.Errorf("watchdog: no gentle reboot: %v", err)
+		return nil
+	}
+	if rb.Outcome != "done" || rb.Time.Before(prob.at().Add(gentleAfter-2*time.Second)) {
+		t.Errorf("watchdog: gentle reboot %.1fs after the problem (escalation step %s): %s %s",
+			rb.Time.Sub(prob.at()).Seconds(), gentleAfter, rb.Outcome, rb.Detail)
+	}
+	r.phases = append(r.phases, phase{"rebooted (gentle)", rb.Time.Add(time.Duration(rb.Duration * float64(time.Second)))})
+	resolved, err := e.awaitResolved(prob, time.Minute)
+	if err != nil {
+		t.Errorf("watchdog: problem not resolved by the reboot: %v", err)
+		return nil
+	}
+	if resolved.Before(rb.Time) {
+		t.Errorf("watchdog: problem resolved at %s, before the reboot at %s", resolved.Format("15:04:05.000"), rb.Time.Format("15:04:05.000"))
+	}
+	r.phases = append(r.phases, phase{"resolved (reboot)", resolved})
+	g.WaitHTTP(t, 2*time.Minute)
+	e.waitHAProxy(guest, "UP", time.Minute)
+	r.phases = append(r.phases, phase{"serves (haproxy UP)", time.Now()})
+	if as := e.zabbixAudit(guest, fault); len(as) > 0 {
+		if _, forced := firstVerb(as, "forced-restart"); forced {
+			t.Errorf("watchdog: a forced restart ran although the gentle reboot closed the problem: %s", describeAudit(as))
 		}
 	}
 	return r

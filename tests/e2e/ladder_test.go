@@ -419,7 +419,7 @@ func (e *env) awaitRepair(f failure, fault time.Time, w *watch) (*repair, error)
 	}
 
 	// the plugin pushed the DOWN to the guest host (the problem may open on it within a second)
-	pushed, perr := e.firstPushed(f.guest, "DOWN", fault)
+	pushed, perr := e.firstPushed(f.guest, "kvm.domain.pool.push", "DOWN", fault)
 	if perr != nil {
 		miss("%v", perr)
 	}
@@ -431,7 +431,7 @@ func (e *env) awaitRepair(f failure, fault time.Time, w *watch) (*repair, error)
 	if !pushed.IsZero() {
 		upFrom = pushed
 	}
-	pushedUp, uerr := e.firstPushed(f.guest, "UP", upFrom)
+	pushedUp, uerr := e.firstPushed(f.guest, "kvm.domain.pool.push", "UP", upFrom)
 	r := &repair{kind: f.kind, fault: fault, eventID: prob.EventID, triggerID: trig}
 	if uerr != nil {
 		r.notes = append(r.notes, uerr.Error()+": the problem stayed open until the pushed DOWN aged out of {$KVM.PUSH.HOLD}")
@@ -479,18 +479,19 @@ func (e *env) awaitRepair(f failure, fault time.Time, w *watch) (*repair, error)
 	return r, nil
 }
 
-// firstPushed is when the server received the plugin's first pushed status want for the guest
-// host (history of the trapper item kvm.domain.pool.push) after t0.
-func (e *env) firstPushed(host, want string, t0 time.Time) (time.Time, error) {
+// firstPushed is the time of the first value want of a character item of the guest host after t0:
+// for the trapper item kvm.domain.pool.push, when the server received the plugin's pushed status;
+// for kvm.domain.event.ladder, the pushed event's time (libvirt's callback).
+func (e *env) firstPushed(host, key, want string, t0 time.Time) (time.Time, error) {
 	var its []struct {
 		ItemID string `json:"itemid"`
 	}
-	if err := e.try("item.get", map[string]any{"hostids": e.hosts[host], "filter": map[string]any{"key_": "kvm.domain.pool.push"},
+	if err := e.try("item.get", map[string]any{"hostids": e.hosts[host], "filter": map[string]any{"key_": key},
 		"output": []string{"itemid"}}, &its); err != nil {
 		return time.Time{}, err
 	}
 	if len(its) != 1 {
-		return time.Time{}, fmt.Errorf("host %s: %d kvm.domain.pool.push items", host, len(its))
+		return time.Time{}, fmt.Errorf("host %s: %d %s items", host, len(its), key)
 	}
 	var hist []struct {
 		Clock int64  `json:"clock,string"`
@@ -508,7 +509,7 @@ func (e *env) firstPushed(host, want string, t0 time.Time) (time.Time, error) {
 			return time.Unix(h.Clock, h.NS), nil
 		}
 	}
-	return time.Time{}, fmt.Errorf("push: no %q pushed to %s kvm.domain.pool.push since the fault (got %v)", want, host, seen)
+	return time.Time{}, fmt.Errorf("push: no %q in %s %s since the fault (got %v)", want, host, key, seen)
 }
 
 // breakAll injects every failure, one right after the other, and starts watching each guest
