@@ -56,8 +56,9 @@ func TestScenarioEvents(t *testing.T) {
 	if r := e.panicRestarted(t, "web-01"); r != nil {
 		report(t, r)
 	}
-	if r := e.watchdogRebooted(t, "web-05"); r != nil {
-		report(t, r)
+	wd := e.watchdogHeld(t, "web-05")
+	if wd != nil {
+		report(t, wd)
 	}
 	e.ioErrorHeld(t, "web-02")
 	if r := e.hungRepaired(t, "web-04"); r != nil {
@@ -65,6 +66,9 @@ func TestScenarioEvents(t *testing.T) {
 		if screenshotsWanted() && !t.Failed() {
 			e.eventScreenshots(t, "web-04", r.fault)
 		}
+	}
+	if wd != nil {
+		e.watchdogNeverRestarted(t, "web-05", wd.fault)
 	}
 }
 
@@ -417,16 +421,16 @@ func (e *env) panicRestarted(t *testing.T, guest string) *repair {
 	return r
 }
 
-// watchdogRebooted starves a guest's watchdog (i6300esb, action none: QEMU leaves the guest
-// running). The pushed watchdog event opens the ladder's problem; its repair step finds the guest
-// healthy (its service still passes haproxy's check), changes nothing and keeps no evidence, so the
-// problem stays open and the timed ladder goes on: its gentle reboot, {gentleAfter} later, is what
-// closes it (the guest's reboot event), and no forced step follows.
-func (e *env) watchdogRebooted(t *testing.T, guest string) *repair {
+// watchdogHeld starves a guest's watchdog (i6300esb, action none: QEMU leaves the guest running).
+// The pushed watchdog event opens the ladder's problem; its repair step finds the guest healthy
+// (its service still passes haproxy's check), changes nothing and keeps no evidence; the timed
+// ladder's gentle step, {gentleAfter} later, is held because the guest serves (an automatic step
+// restarts no serving guest), and the problem stays open for a human with the ladder's messages.
+func (e *env) watchdogHeld(t *testing.T, guest string) *repair {
 	t.Helper()
 	g := e.guests[guest]
 	fault := g.StarveWatchdog(t, 5)
-	r := &repair{kind: "watchdog", fault: fault}
+	r := &repair{kind: "watchdog", fault: fault, held: "the guest serves: no restart, the problem stays for a human"}
 	prob, err := e.awaitProblem(guest, eventTrigger, fault, time.Minute)
 	if err != nil {
 		t.Error(err)
@@ -471,34 +475,49 @@ func (e *env) watchdogRebooted(t *testing.T, guest string) *repair {
 	} else {
 		r.notes = append(r.notes, "problem message: "+m)
 	}
+	// the gentle step comes {gentleAfter} later and finds the guest serving: held, not rebooted
 	rb, err := e.awaitAudit(guest, provision.LadderCaller, "reboot", fault, gentleAfter+2*time.Minute, func(a ladderAudit) bool { return true })
 	if err != nil {
-		t.Errorf("watchdog: no gentle reboot: %v", err)
+		t.Errorf("watchdog: no gentle step: %v", err)
 		return nil
 	}
-	if rb.Outcome != "done" || rb.Time.Before(prob.at().Add(gentleAfter-2*time.Second)) {
-		t.Errorf("watchdog: gentle reboot %.1fs after the problem (escalation step %s): %s %s",
-			rb.Time.Sub(prob.at()).Seconds(), gentleAfter, rb.Outcome, rb.Detail)
+	const serving = "the guest serves (haproxy "
+	if rb.Outcome != "held" || !strings.Contains(rb.Detail, serving) || rb.Time.Before(prob.at().Add(gentleAfter-2*time.Second)) {
+		t.Errorf("watchdog: gentle step %.1fs after the problem (escalation step %s): %s %q, want held: %s…",
+			rb.Time.Sub(prob.at()).Seconds(), gentleAfter, rb.Outcome, rb.Detail, serving)
 	}
-	r.phases = append(r.phases, phase{"rebooted (gentle)", rb.Time.Add(time.Duration(rb.Duration * float64(time.Second)))})
-	resolved, err := e.awaitResolved(prob, time.Minute)
-	if err != nil {
-		t.Errorf("watchdog: problem not resolved by the reboot: %v", err)
-		return nil
+	r.phases = append(r.phases, phase{"gentle step held (serves)", rb.Time.Add(time.Duration(rb.Duration * float64(time.Second)))})
+	if m, err := e.awaitMessage(prob.EventID, "reboot held: "); err != nil {
+		t.Errorf("watchdog: the held step told the problem nothing: %v", err)
+	} else {
+		r.notes = append(r.notes, "problem message: "+m)
 	}
-	if resolved.Before(rb.Time) {
-		t.Errorf("watchdog: problem resolved at %s, before the reboot at %s", resolved.Format("15:04:05.000"), rb.Time.Format("15:04:05.000"))
+	if p, err := e.event(prob.EventID); err != nil || (p.REventID != "" && p.REventID != "0") {
+		t.Errorf("watchdog: the problem must stay open for a human (r_eventid %q, %v)", p.REventID, err)
 	}
-	r.phases = append(r.phases, phase{"resolved (reboot)", resolved})
-	g.WaitHTTP(t, 2*time.Minute)
-	e.waitHAProxy(guest, "UP", time.Minute)
-	r.phases = append(r.phases, phase{"serves (haproxy UP)", time.Now()})
-	if as := e.zabbixAudit(guest, fault); len(as) > 0 {
-		if _, forced := firstVerb(as, "forced-restart"); forced {
-			t.Errorf("watchdog: a forced restart ran although the gentle reboot closed the problem: %s", describeAudit(as))
-		}
+	if st := g.State(t); st != "running" {
+		t.Errorf("watchdog: guest is %q after the held step", st)
 	}
 	return r
+}
+
+// watchdogNeverRestarted checks, once the scenario's later steps gave the watchdog's ladder time
+// to reach its forced step, that no step of it restarted the serving guest: each was held.
+func (e *env) watchdogNeverRestarted(t *testing.T, guest string, since time.Time) {
+	t.Helper()
+	as := e.zabbixAudit(guest, since)
+	for _, a := range as {
+		switch a.Verb {
+		case "reboot", "reset", "forced-restart", "recover", "start", "destroy":
+			if a.Outcome != "held" {
+				t.Errorf("watchdog: %s %s on the serving guest: %s", a.Verb, a.Outcome, describeAudit(as))
+			}
+		}
+	}
+	if _, ok := firstVerb(as, "reboot"); !ok {
+		t.Errorf("watchdog: no gentle step at all: %s", describeAudit(as))
+	}
+	t.Logf("watchdog: the ladder's steps on the serving guest: %s", describeAudit(as))
 }
 
 // ioErrorHeld fills a guest's disk until QEMU pauses it on the I/O error: the storage problem

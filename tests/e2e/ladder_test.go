@@ -55,6 +55,8 @@ type repair struct {
 	fault  time.Time
 	phases []phase
 	notes  []string // observations that are not failures of the ladder (see docs/e2e.md)
+	// held, when set, says why the ladder rightly restarted nothing: there is no MTTR to print
+	held string
 	// the Zabbix problem the ladder worked on
 	eventID, triggerID string
 }
@@ -64,6 +66,9 @@ func (r *repair) mttr() time.Duration { return r.phases[len(r.phases)-1].at.Sub(
 // lines renders "MTTR <kind>: <s>s" and one line per phase, relative to the fault.
 func (r *repair) lines() []string {
 	out := []string{fmt.Sprintf("MTTR %s: %.1fs", r.kind, r.mttr().Seconds())}
+	if r.held != "" {
+		out[0] = fmt.Sprintf("HELD %s: %s; last step +%.1fs", r.kind, r.held, r.mttr().Seconds())
+	}
 	prev := r.fault
 	for _, p := range r.phases {
 		out = append(out, fmt.Sprintf("    %-22s +%6.1fs  (step %5.1fs)", p.name, p.at.Sub(r.fault).Seconds(), p.at.Sub(prev).Seconds()))
