@@ -487,7 +487,7 @@ func (e *env) watchdogHeld(t *testing.T, guest string) *repair {
 			rb.Time.Sub(prob.at()).Seconds(), gentleAfter, rb.Outcome, rb.Detail, serving)
 	}
 	r.phases = append(r.phases, phase{"gentle step held (serves)", rb.Time.Add(time.Duration(rb.Duration * float64(time.Second)))})
-	if m, err := e.awaitMessage(prob.EventID, "reboot held: "); err != nil {
+	if m, err := e.awaitMessage(prob.EventID, "reboot held; "); err != nil {
 		t.Errorf("watchdog: the held step told the problem nothing: %v", err)
 	} else {
 		r.notes = append(r.notes, "problem message: "+m)
