@@ -42,8 +42,8 @@ Options:
                tells how it ended
 
 Exit status: 0 done and verified; 1 failed or not done; 2 usage; 3 refused or held (policy, rate
-limit, lock, an operator's hold or stop, the storm guard); 4 (exec) the command ran and exited
-non-zero; 5 quarantined by the loop guard (release DOMAIN after a look).
+limit, lock, an operator's hold or stop, the storm guard, a serving guest under --event); 4 (exec)
+the command ran and exited non-zero; 5 quarantined by the loop guard (release DOMAIN after a look).
 %s`
 
 // cliVerb is one CLI command; the table below is the one place verbs are listed, for dispatch and help.
