@@ -169,6 +169,11 @@ func (a *Actor) agentAnswers(ctx context.Context, domain string) (up, known bool
 	return false, true, "silent: " + err.Error()
 }
 
+// serverText names an haproxy server with its pool state and last check: "web/web-05 UP L7OK 200".
+func serverText(backend, server string, st ServerState) string {
+	return strings.TrimSpace(fmt.Sprintf("%s/%s %s %s", backend, server, st.Pool, st.Check))
+}
+
 // poolSignals reads the guest's haproxy server and the health of the rest of its backend.
 func (a *Actor) poolSignals(ctx context.Context, domain string) (text, backendText string, checkUp, backendDown bool) {
 	if a.opts.Pool == nil || a.opts.Member == nil {
@@ -183,7 +188,7 @@ func (a *Actor) poolSignals(ctx context.Context, domain string) (text, backendTe
 		return "unreadable: " + err.Error(), "", false, false
 	}
 	me := states[server]
-	text = strings.TrimSpace(fmt.Sprintf("%s/%s %s %s", backend, server, me.Pool, me.Check))
+	text = serverText(backend, server, me)
 	up, counted := 0, 0
 	for s, st := range states {
 		if s == server || st.Pool == "DRAIN" || st.Pool == "MAINT" || st.Pool == "no check" {

@@ -45,39 +45,25 @@ func (j *job) checkGuards() error {
 	return nil
 }
 
-// restartGuards are the holds every restart passes once the domain's own guards did.
-func (j *job) restartGuards(ctx context.Context) error {
-	if err := j.stormGuard(ctx); err != nil {
-		return err
-	}
-	return j.servingGuard(ctx)
-}
-
-// servingGuard holds a restart run for an alert (Options.ForAlert) while the guest's haproxy check
+// restartGuards are the holds every restart passes once the domain's own guards did, both judged
+// from one read of the guest's haproxy backend:
+//
+// The storm guard holds a restart while most of the backend is down: then the failure is shared (a
+// database, the network, a bad deploy), restarting guests cannot fix it and each restart takes one
+// more server away. Servers an operator holds out (DRAIN, MAINT) and servers without checks say
+// nothing about the backend's health and are not counted; a backend with no other counted server
+// cannot be judged and does not hold; an unreadable backend holds.
+//
+// The serving guard holds a restart run for an alert (Options.ForAlert) while the guest's own check
 // passes: the guest serves, so the alert is about a moment that is over or about something a
 // restart does not fix, and restarting it would make the outage. repair and recover judge health
-// themselves and start is for a guest that is off; a guest with no haproxy server cannot be judged
-// here and is not held.
-func (j *job) servingGuard(ctx context.Context) error {
+// themselves and start is for a guest that is off; a guest with no haproxy server, or whose backend
+// cannot be read, cannot be judged here and is not held by it.
+func (j *job) restartGuards(ctx context.Context) error {
 	a := j.a
-	if !a.opts.ForAlert || j.verb == VerbRepair || j.verb == VerbRecover || j.verb == VerbStart {
-		return nil
-	}
-	text, _, up, _ := a.poolSignals(ctx, j.domain)
-	if !up {
-		return nil
-	}
-	return fmt.Errorf("%w: the guest serves (haproxy %s): an automatic step restarts no serving guest; a human decides", ErrHeld, text)
-}
-
-// stormGuard holds a restart while most of the guest's haproxy backend is down: then the failure
-// is shared (a database, the network, a bad deploy), restarting guests cannot fix it and each
-// restart takes one more server away. Servers an operator holds out (DRAIN, MAINT) and servers
-// without checks say nothing about the backend's health and are not counted; a backend with no
-// other counted server cannot be judged and does not hold.
-func (j *job) stormGuard(ctx context.Context) error {
-	a := j.a
-	if a.pol.MinHealthyPercent < 0 || a.opts.Pool == nil || a.opts.Member == nil {
+	storm := a.pol.MinHealthyPercent >= 0
+	serving := a.opts.ForAlert && j.verb != VerbRepair && j.verb != VerbRecover && j.verb != VerbStart
+	if !storm && !serving || a.opts.Pool == nil || a.opts.Member == nil {
 		return nil
 	}
 	backend, server, ok := a.opts.Member(ctx, j.domain)
@@ -86,8 +72,25 @@ func (j *job) stormGuard(ctx context.Context) error {
 	}
 	states, err := a.opts.Pool.Backend(ctx, backend)
 	if err != nil {
-		return fmt.Errorf("%w: backend %s unreadable, so its health is unknown: %w", ErrHeld, backend, err)
+		if storm {
+			return fmt.Errorf("%w: backend %s unreadable, so its health is unknown: %w", ErrHeld, backend, err)
+		}
+		return nil
 	}
+	if storm {
+		if err := stormGuard(backend, server, states, a.pol.MinHealthyPercent); err != nil {
+			return err
+		}
+	}
+	if me := states[server]; serving && me.CheckUp {
+		return fmt.Errorf("%w: the guest serves (haproxy %s): an automatic step restarts no serving guest; a human decides",
+			ErrHeld, serverText(backend, server, me))
+	}
+	return nil
+}
+
+// stormGuard is the storm guard's rule (restartGuards) on the states of server's backend.
+func stormGuard(backend, server string, states map[string]ServerState, minHealthyPercent int) error {
 	up, counted := 0, 0
 	var down []string
 	for s, st := range states {
@@ -104,12 +107,12 @@ func (j *job) stormGuard(ctx context.Context) error {
 		}
 		counted++
 	}
-	if counted == 0 || up*100 >= a.pol.MinHealthyPercent*counted {
+	if counted == 0 || up*100 >= minHealthyPercent*counted {
 		return nil
 	}
 	sort.Strings(down)
 	return fmt.Errorf("%w: backend degraded: %d of %d other servers of %s are UP (MinHealthyPercent %d; not UP: %s): a shared failure, not this guest's",
-		ErrHeld, up, counted, backend, a.pol.MinHealthyPercent, strings.Join(down, ", "))
+		ErrHeld, up, counted, backend, minHealthyPercent, strings.Join(down, ", "))
 }
 
 // mayStart is the one rule every repair step follows before it starts a shut-off domain: only a

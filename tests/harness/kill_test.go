@@ -7,9 +7,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -139,13 +141,5 @@ func TestKilledTestLeavesNoDaemons(t *testing.T) {
 	if err != nil {
 		t.Fatalf("after the test process's SIGKILL: %v", err)
 	}
-	t.Logf("test process killed: %d daemons (%v) gone within %s", len(starts), keys(starts), time.Since(killed).Round(time.Millisecond))
-}
-
-func keys(m map[string]string) []string {
-	var out []string
-	for k := range m {
-		out = append(out, k)
-	}
-	return out
+	t.Logf("test process killed: %d daemons (%v) gone within %s", len(starts), slices.Sorted(maps.Keys(starts)), time.Since(killed).Round(time.Millisecond))
 }

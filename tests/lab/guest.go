@@ -298,19 +298,22 @@ func (g *Guest) FillDisk(t testing.TB) {
 // spawn starts path in the guest through the agent (guest-exec) and does not wait for it.
 func (g *Guest) spawn(t testing.TB, what, path string, args ...string) {
 	t.Helper()
-	req, _ := json.Marshal(map[string]any{"execute": "guest-exec", "arguments": map[string]any{"path": path, "arg": args}})
-	if out, err := g.AgentCommand(string(req), 5*time.Second); err != nil {
+	if out, err := g.guestExec(path, args...); err != nil {
 		t.Fatalf("lab: guest %s: %s: %v %s", g.name, what, err, out)
 	}
+}
+
+// guestExec starts path in the guest (guest-exec, without waiting for it) and returns the agent's answer.
+func (g *Guest) guestExec(path string, args ...string) (string, error) {
+	req, _ := json.Marshal(map[string]any{"execute": "guest-exec", "arguments": map[string]any{"path": path, "arg": args}})
+	return g.AgentCommand(string(req), 5*time.Second)
 }
 
 // Panic makes the guest's kernel panic (sysrq c through the agent); with Panic, libvirt reports
 // crashed/panicked and destroys the guest (on_crash).
 func (g *Guest) Panic(t testing.TB) {
 	t.Helper()
-	req, _ := json.Marshal(map[string]any{"execute": "guest-exec",
-		"arguments": map[string]any{"path": "/bin/sh", "arg": []string{"-c", "echo c > /proc/sysrq-trigger"}}})
-	out, err := g.AgentCommand(string(req), 5*time.Second)
+	out, err := g.guestExec("/bin/sh", "-c", "echo c > /proc/sysrq-trigger")
 	// The kernel can die before the agent's answer leaves the guest: libvirt 11.3 then says "Guest
 	// agent disappeared while executing command" (9.0 got the answer first in every run). The
 	// command ran; the crash event the caller waits for proves it.
