@@ -71,7 +71,9 @@ bench-e2e: deps
 	bash scripts/bench.sh e2e
 
 # What a fleet costs (tests/fleet): FLEET=NxG simulated hypervisors (agent 7.0 + plugin, haproxy, G
-# guests each) behind a Zabbix 7.0 server and a proxy group of two proxies; prints a table.
+# guests each) behind a Zabbix 7.0 server and a proxy group (two proxies, three from 20 hypervisors);
+# prints discovery time, CPU and memory per part, the queue, failure latencies and the ladder's
+# commands (docs/fleet.md). On 2 cores 100x30 discovers in about 12 minutes, then overloads its proxies.
 FLEET ?= 100x30
 bench-fleet: deps
 	$(MAKE) build

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -32,6 +33,10 @@ type Options struct {
 	Proxies     int // in the proxy group, default 2
 	// Macros go on every hypervisor host (e.g. shorter intervals for a test).
 	Macros map[string]string
+	// GentleAfter, when set, lets the hypervisors act (Actions.Enable) and gives zabbix setup's
+	// ladder its gentle restart after it (the forced one 10 minutes later): Fail then waits for
+	// every problem's gentle step and counts the remote commands.
+	GentleAfter time.Duration
 }
 
 // Fleet is a running fleet.
@@ -41,6 +46,7 @@ type Fleet struct {
 	Proxies    []*zbx.Proxy
 	HVs        []*Hypervisor
 	Setup      provision.Report
+	opts       Options
 	SetupStart time.Time // when zabbix setup began (the fleet's agents were already up)
 	Phases     []zbx.Phase
 }
@@ -53,6 +59,7 @@ type Hypervisor struct {
 	HAProxy *harness.HAProxy
 	Guests  []*Guest
 	node    string // the test driver's node file
+	audit   string // the plugin's audit log
 	doms    []kvmtest.Domain
 }
 
@@ -91,7 +98,14 @@ func Start(t testing.TB, o Options) *Fleet {
 	if o.Guests > 250 || o.Hypervisors > 250 {
 		t.Fatalf("fleet: at most 250 hypervisors of 250 guests (guest addresses are 127.2.H.S)")
 	}
-	f := &Fleet{}
+	f := &Fleet{opts: o}
+	// every hypervisor's plugin CLI reads its own kvm.conf at this one path (bound over it in the
+	// agent's mount namespace), as each real hypervisor has its own /etc: zabbix setup's scripts
+	// name one path for the whole fleet
+	cliConf := filepath.Join(t.TempDir(), "kvm.conf")
+	if err := os.WriteFile(cliConf, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	last := time.Now()
 	lap := func(name string) {
 		f.Phases = append(f.Phases, zbx.Phase{Name: name, Took: time.Since(last)})
@@ -101,7 +115,17 @@ func Start(t testing.TB, o Options) *Fleet {
 	guestPort := harness.FreePort(t, lo, hi)
 	bin := harness.PluginBinary(t)
 
-	f.Zabbix = zbx.Start(t, zbx.Options{ServerConfig: map[string]string{"StartProxyPollers": "0", "StartTrappers": "4"}})
+	// the harness's compact defaults hold a few hundred guests; beyond, the caches grow with the
+	// fleet (at 660 guest hosts the server's 32 MB configuration cache ran out and the server
+	// exited: see docs/fleet.md)
+	server, proxy := map[string]string{"StartProxyPollers": "0", "StartTrappers": "4"}, map[string]string{}
+	if k := (o.Hypervisors*o.Guests + 999) / 1000; o.Hypervisors*o.Guests > 300 {
+		server["CacheSize"], server["ValueCacheSize"], server["HistoryCacheSize"] = fmt.Sprintf("%dM", 32+96*k), fmt.Sprintf("%dM", 64*k), "64M"
+		// at 2,940 guest hosts the trend cache's default 4 MB ran out (the server exited)
+		server["TrendCacheSize"], server["HistoryIndexCacheSize"] = fmt.Sprintf("%dM", 32*k), fmt.Sprintf("%dM", 16*k)
+		proxy["CacheSize"], proxy["StartPreprocessors"] = fmt.Sprintf("%dM", 32+96*k), "2"
+	}
+	f.Zabbix = zbx.Start(t, zbx.Options{ServerConfig: server, ProxyConfig: proxy})
 	lap("zabbix server")
 	f.GroupID = f.Zabbix.CreateProxyGroup(t, "KVM hypervisors", 10*time.Second)
 	var addrs []string
@@ -136,14 +160,29 @@ func Start(t testing.TB, o Options) *Fleet {
 		if err := kvmtest.WriteNode(hv.node, doms); err != nil {
 			t.Fatal(err)
 		}
+		hv.audit = filepath.Join(dir, "audit.log")
 		opts := map[string]string{
 			"URI": "test://" + hv.node, "Timeout": "3", "CacheSeconds": "10",
 			"GuestNetworks": "127.2.0.0/16", "HAProxy.Socket": hv.HAProxy.Sock,
-			"StateDir": filepath.Join(dir, "state"), "AuditLog": filepath.Join(dir, "audit.log"),
+			"StateDir": filepath.Join(dir, "state"), "AuditLog": hv.audit,
 			"Push.Server": strings.Join(addrs, ";"), "Push.Host": hv.Name,
 		}
+		if o.GentleAfter > 0 {
+			// the test driver sends no reboot event, so the gentle step's reboot ends "not done"
+			// when GentleSeconds run out: short, so Fail need not wait a minute for its audit line
+			opts["Actions.Enable"], opts["Actions.AllowDomains"], opts["Actions.GentleSeconds"] = "1", `hv[0-9]+-web-[0-9]+`, "10"
+		}
+		var conf strings.Builder
+		fmt.Fprintf(&conf, "Plugins.KVM.System.Path=%s\n", bin)
+		for k, v := range opts {
+			fmt.Fprintf(&conf, "Plugins.KVM.%s=%s\n", k, v)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "kvm.conf"), []byte(conf.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
 		hv.Agent = harness.WriteAgentConf(t, "7.0", harness.AgentOptions{Plugin: bin, Options: opts, Timeout: 10,
-			Extra: append(harness.SystemRunRules(t, bin), "PluginTimeout=10")})
+			Extra: append(harness.SystemRunRules(t, bin), "PluginTimeout=10"),
+			Binds: [][2]string{{filepath.Join(dir, "kvm.conf"), cliConf}}})
 		hv.Agent.Start(t)
 		f.HVs = append(f.HVs, hv)
 	}
@@ -155,9 +194,13 @@ func Start(t testing.TB, o Options) *Fleet {
 	var err error
 	// zabbix setup with the first hypervisor, as README's fleet section runs it; the others are
 	// created through the API as an admin's script for a hundred hosts would
-	f.Setup, err = provision.Setup(ctx, f.Zabbix.API, provision.Options{PluginPath: bin,
+	setup := provision.Options{PluginPath: bin, ConfigFile: cliConf,
 		SMTPServer: "127.0.0.1", SMTPPort: f.Zabbix.SMTP.Port, User: "Admin", UserEmail: "oncall@example.invalid",
-		HypervisorHost: f.HVs[0].Name, HypervisorPort: f.HVs[0].Agent.Port, ProxyGroup: "KVM hypervisors"})
+		HypervisorHost: f.HVs[0].Name, HypervisorPort: f.HVs[0].Agent.Port, ProxyGroup: "KVM hypervisors"}
+	if o.GentleAfter > 0 {
+		setup.GentleAfter, setup.ForcedAfter, setup.PageAfter = o.GentleAfter, 10*time.Minute, 30*time.Minute
+	}
+	f.Setup, err = provision.Setup(ctx, f.Zabbix.API, setup)
 	if err != nil {
 		t.Fatalf("fleet: zabbix setup: %v\n%s", err, f.Setup)
 	}
@@ -180,18 +223,27 @@ func Start(t testing.TB, o Options) *Fleet {
 	} else {
 		t.Fatalf("fleet: zabbix setup reported no host %s:\n%s", f.HVs[0].Name, f.Setup)
 	}
+	// one call for all: linking the template to a hundred hosts one by one took over 5 minutes on
+	// 2 cores while the first hosts' discovery already ran
+	var hosts []map[string]any
 	for _, hv := range f.HVs[1:] {
+		hosts = append(hosts, map[string]any{"host": hv.Name,
+			"groups": []map[string]string{{"groupid": grp.ID}}, "templates": []map[string]string{{"templateid": tpl.ID}},
+			"monitored_by": 2, "proxy_groupid": f.GroupID, "macros": macros,
+			"interfaces": []map[string]any{{"type": 1, "main": 1, "useip": 1, "ip": "127.0.0.1", "dns": "", "port": strconv.Itoa(hv.Agent.Port)}}})
+	}
+	if len(hosts) > 0 {
+		hctx, hcancel := context.WithTimeout(context.Background(), 15*time.Minute)
+		defer hcancel()
 		var res struct {
 			IDs []string `json:"hostids"`
 		}
-		err := f.Zabbix.API.Call(ctx, "host.create", map[string]any{"host": hv.Name,
-			"groups": []map[string]string{{"groupid": grp.ID}}, "templates": []map[string]string{{"templateid": tpl.ID}},
-			"monitored_by": 2, "proxy_groupid": f.GroupID, "macros": macros,
-			"interfaces": []map[string]any{{"type": 1, "main": 1, "useip": 1, "ip": "127.0.0.1", "dns": "", "port": strconv.Itoa(hv.Agent.Port)}}}, &res)
-		if err != nil || len(res.IDs) != 1 {
-			t.Fatalf("fleet: host.create %s: %v", hv.Name, err)
+		if err := f.Zabbix.API.Call(hctx, "host.create", hosts, &res); err != nil || len(res.IDs) != len(hosts) {
+			t.Fatalf("fleet: host.create of %d hypervisors: %v (%d ids)", len(hosts), err, len(res.IDs))
 		}
-		hv.HostID = res.IDs[0]
+		for i, hv := range f.HVs[1:] {
+			hv.HostID = res.IDs[i]
+		}
 	}
 	lap("zabbix setup and hypervisor hosts")
 	return f
@@ -272,7 +324,16 @@ func (f *Fleet) WaitDiscovered(t testing.TB, timeout time.Duration) Discovery {
 		return f.Zabbix.API.Call(ctx, method, params, out)
 	}
 	var ids []string
-	harness.WaitFor(t, timeout, time.Second, fmt.Sprintf("%d guest hosts discovered", len(want)), func() (bool, error) {
+	// the item query reads every item of every guest host: on a large fleet, asked every second,
+	// it would load the server's database as much as the fleet does
+	step := time.Second
+	if len(want) > 200 {
+		step = 10 * time.Second
+	}
+	harness.WaitFor(t, timeout, step, fmt.Sprintf("%d guest hosts discovered", len(want)), func() (bool, error) {
+		if err := f.daemonsUp(); err != nil {
+			return false, harness.Final(err)
+		}
 		var hosts []struct {
 			ID   string `json:"hostid"`
 			Host string `json:"host"`
@@ -292,29 +353,38 @@ func (f *Fleet) WaitDiscovered(t testing.TB, timeout time.Duration) Discovery {
 		return len(hosts) == len(want), fmt.Errorf("%d of %d", len(hosts), len(want))
 	})
 	d.Discovered = time.Since(f.SetupStart)
-	// masters keep no history (their lastclock stays 0): a guest counts as polled once any of its
-	// items has a value
-	harness.WaitFor(t, timeout, time.Second, "every guest host polled, nothing unsupported", func() (bool, error) {
+	// masters keep no history (their lastclock stays 0): a guest counts as polled once the state
+	// its statistics master gives has a value
+	harness.WaitFor(t, timeout, step, "every guest host polled, nothing unsupported", func() (bool, error) {
+		if err := f.daemonsUp(); err != nil {
+			return false, harness.Final(err)
+		}
 		var items []struct {
 			Host  string `json:"hostid"`
 			Key   string `json:"key_"`
-			State string `json:"state"`
 			Clock string `json:"lastclock"`
 			Error string `json:"error"`
 		}
-		if err := call("item.get", map[string]any{"hostids": ids, "output": []string{"hostid", "key_", "state", "lastclock", "error"}}, &items); err != nil {
+		if err := call("item.get", map[string]any{"hostids": ids, "filter": map[string]any{"state": 1},
+			"output": []string{"hostid", "key_", "error"}}, &items); err != nil {
 			return false, err
 		}
-		polled := map[string]bool{}
 		for _, it := range items {
-			if it.State == "1" && !testDriverLimit(it.Error) {
+			if !testDriverLimit(it.Error) {
 				return false, fmt.Errorf("%s on host %s unsupported: %s", it.Key, it.Host, it.Error)
 			}
+		}
+		if err := call("item.get", map[string]any{"hostids": ids, "filter": map[string]any{"key_": "kvm.domain.state.code"},
+			"output": []string{"hostid", "lastclock"}}, &items); err != nil {
+			return false, err
+		}
+		polled := 0
+		for _, it := range items {
 			if it.Clock != "0" {
-				polled[it.Host] = true
+				polled++
 			}
 		}
-		return len(polled) == len(ids), fmt.Errorf("%d of %d guest hosts have a value", len(polled), len(ids))
+		return polled == len(ids), fmt.Errorf("%d of %d guest hosts have a value", polled, len(ids))
 	})
 	d.Polled = time.Since(f.SetupStart)
 	var bad []struct {
@@ -372,4 +442,32 @@ func (f *Fleet) Migrate(t testing.TB, g *Guest, from, to *Hypervisor) {
 func testDriverLimit(err string) bool {
 	return strings.Contains(err, "not supported by the connection driver: virDomainAgent") ||
 		strings.Contains(err, "comes from libvirt's test driver")
+}
+
+// daemonsUp tells a Zabbix server or proxy that exited (a full cache ends one), with the line of its
+// log that says why, so a long wait ends at once.
+func (f *Fleet) daemonsUp() error {
+	logs := map[string]string{"zabbix_server": f.Zabbix.ServerLog}
+	for _, p := range f.Proxies {
+		logs["zabbix_proxy "+p.Name] = p.Log
+	}
+	for name, log := range logs {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", f.Zabbix.PIDs[name]))
+		if err == nil && !strings.Contains(string(b), ") Z ") {
+			continue
+		}
+		l, _ := os.ReadFile(log)
+		why := "see " + log
+		for _, line := range strings.Split(string(l), "\n") {
+			if strings.Contains(line, "please increase") {
+				why = strings.TrimSpace(line)
+				break
+			}
+			if strings.Contains(line, "Exiting") {
+				why = strings.TrimSpace(line)
+			}
+		}
+		return fmt.Errorf("%s exited: %s", name, why)
+	}
+	return nil
 }

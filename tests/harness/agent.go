@@ -118,6 +118,7 @@ type Agent struct {
 	Port    int
 	LogFile string
 	env     []string // extra environment (KEY=VALUE) for the agent and everything it runs
+	binds   [][2]string
 	cmd     *exec.Cmd
 	exited  chan struct{}
 	err     error
@@ -125,12 +126,16 @@ type Agent struct {
 
 // AgentOptions shape the agent's config.
 type AgentOptions struct {
-	Plugin     string            // plugin binary (default PluginBinary)
-	Options    map[string]string // Plugins.KVM.* without the prefix
-	Extra      []string          // further agent config lines (AllowKey=…, UserParameter=…)
-	Env        []string          // extra environment (KEY=VALUE), e.g. a PATH for system.run
-	Timeout    int               // agent Timeout (default 5)
-	PortLo     int               // port range (default 10100-10999)
+	Plugin  string            // plugin binary (default PluginBinary)
+	Options map[string]string // Plugins.KVM.* without the prefix
+	Extra   []string          // further agent config lines (AllowKey=…, UserParameter=…)
+	Env     []string          // extra environment (KEY=VALUE), e.g. a PATH for system.run
+	// Binds mounts each [source, target] file over its target in a mount namespace of the
+	// agent's own, which everything it runs shares: several agents on one machine, each with its
+	// own file at one path, as hypervisors each have their own /etc.
+	Binds      [][2]string
+	Timeout    int // agent Timeout (default 5)
+	PortLo     int // port range (default 10100-10999)
 	PortHi     int
 	DebugLevel int // default 3
 }
@@ -150,9 +155,12 @@ func WriteAgentConf(t testing.TB, version string, o AgentOptions) *Agent {
 	if o.DebugLevel == 0 {
 		o.DebugLevel = 3
 	}
+	if _, chrooted := agentRoots[version]; chrooted && len(o.Binds) > 0 {
+		t.Fatalf("harness: Binds for agent %s, which runs in a chroot: not supported", version)
+	}
 	dir := t.TempDir()
 	a := &Agent{Version: version, Binary: AgentBinary(t, version), Dir: dir, Port: FreePort(t, o.PortLo, o.PortHi),
-		LogFile: filepath.Join(dir, "agent.log"), Conf: filepath.Join(dir, "zabbix_agent2.conf"), env: o.Env}
+		LogFile: filepath.Join(dir, "agent.log"), Conf: filepath.Join(dir, "zabbix_agent2.conf"), env: o.Env, binds: o.Binds}
 	var b strings.Builder
 	fmt.Fprintf(&b, "LogType=file\nLogFile=%s\nLogFileSize=0\nDebugLevel=%d\nPidFile=%s/agent.pid\n", a.LogFile, o.DebugLevel, dir)
 	fmt.Fprintf(&b, "Server=127.0.0.1\nServerActive=\nListenIP=127.0.0.1\nListenPort=%d\nHostname=kvm-test-%s\nTimeout=%d\n", a.Port, version, o.Timeout)
@@ -221,6 +229,17 @@ func (a *Agent) Start(t testing.TB) {
 func (a *Agent) start(t testing.TB) error {
 	t.Helper()
 	cmd := a.command(t, "-c", a.Conf, "-f")
+	if len(a.binds) > 0 {
+		// sh mounts, then execs the agent: its pid, and the parent-death signal, stay the unshare's
+		script, args := "", []string{}
+		for i, b := range a.binds {
+			script += fmt.Sprintf(`mount --bind "$%d" "$%d" && `, 2*i+1, 2*i+2)
+			args = append(args, b[0], b[1])
+		}
+		script += fmt.Sprintf(`shift %d && exec "$@"`, 2*len(a.binds))
+		argv := append([]string{"--mount", "--propagation", "private", "/bin/sh", "-c", script, "sh"}, args...)
+		cmd = exec.Command("unshare", append(append(argv, cmd.Path), cmd.Args[1:]...)...)
+	}
 	cmd.Env = a.environ()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	out, err := os.Create(filepath.Join(a.Dir, "agent.out"))

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -59,4 +60,35 @@ func TestReap(t *testing.T) {
 	assert.DirExists(t, live)
 	assert.DirExists(t, unowned)
 	assert.Len(t, Procs(live), 1, "a live owner's process must be left alone")
+}
+
+func TestOverride(t *testing.T) {
+	got := override("A=1\nCacheSize=16M\nB=2\n", map[string]string{"CacheSize": "256M", "StartPollers": "3"})
+	if want := "A=1\nCacheSize=256M\nB=2\nStartPollers=3\n"; got != want {
+		t.Errorf("override: %q, want %q", got, want)
+	}
+	if got := override("A=1\n", nil); got != "A=1\n" {
+		t.Errorf("override without extra: %q", got)
+	}
+}
+
+// TestServerConf: the stack's server settings, a test's override in place of the default and a
+// key of its own appended; every key once.
+func TestServerConf(t *testing.T) {
+	conf := serverConf(&Stack{ServerPort: 15000}, "/run/x", true, map[string]string{"Timeout": "10", "StartProxyPollers": "0"})
+	seen := map[string]int{}
+	for _, l := range strings.Split(strings.TrimSpace(conf), "\n") {
+		k, _, _ := strings.Cut(l, "=")
+		seen[k]++
+	}
+	for k, n := range seen {
+		if n != 1 {
+			t.Errorf("%s set %d times", k, n)
+		}
+	}
+	for _, want := range []string{"\nTimeout=10\n", "\nListenPort=15000\n", "\nEnableGlobalScripts=1\n", "\nStartProxyPollers=0\n"} {
+		if !strings.Contains("\n"+conf, want) {
+			t.Errorf("server conf lacks %q:\n%s", strings.TrimSpace(want), conf)
+		}
+	}
 }

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -74,6 +76,7 @@ LogRemoteCommands=1
 CacheSize=16M
 Timeout=4
 `, s.ServerPort, name, p.Port, p.Log, run, run, run)
+	conf = override(conf, s.proxyConf)
 	if err := os.WriteFile(p.Conf, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -141,4 +144,28 @@ func (s *Stack) CreateProxyGroup(t testing.TB, name string, failover time.Durati
 		t.Fatalf("zbx: proxygroup.create %s: %v", name, err)
 	}
 	return res.IDs[0]
+}
+
+// override sets each key of extra in conf (KEY=VALUE lines): in place where conf has it, else
+// appended, so that each key has one line.
+func override(conf string, extra map[string]string) string {
+	done := map[string]bool{}
+	lines := strings.Split(strings.TrimSuffix(conf, "\n"), "\n")
+	for i, l := range lines {
+		k, _, ok := strings.Cut(l, "=")
+		if v, set := extra[k]; ok && set {
+			lines[i], done[k] = k+"="+v, true
+		}
+	}
+	keys := make([]string, 0, len(extra))
+	for k := range extra {
+		if !done[k] {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		lines = append(lines, k+"="+extra[k])
+	}
+	return strings.Join(lines, "\n") + "\n"
 }

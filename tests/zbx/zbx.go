@@ -31,7 +31,6 @@ import (
 	"os/user"
 	"path/filepath"
 	"regexp"
-	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -77,6 +76,8 @@ type Options struct {
 	Version string
 	// ServerConfig adds or overrides zabbix_server.conf keys (e.g. "Timeout": "10").
 	ServerConfig map[string]string
+	// ProxyConfig adds or overrides zabbix_proxy.conf keys of every proxy StartProxy starts.
+	ProxyConfig map[string]string
 	// KeepStockHost leaves the stock "Zabbix server" host (10084) enabled; by default it is disabled
 	// so its Linux template does not poll whatever agent the test runs on 127.0.0.1.
 	KeepStockHost bool
@@ -104,6 +105,7 @@ type Stack struct {
 	// PIDs are the daemons' main processes by name: "postgres" (the postmaster), "zabbix_server" and
 	// "php" (the unshare that holds each in a PID namespace of its own).
 	PIDs       map[string]int
+	proxyConf  map[string]string
 	ServerPort int
 	PGPort     int
 	WebPort    int
@@ -130,7 +132,7 @@ func Start(t testing.TB, o Options) *Stack {
 			t.Fatalf("zbx %s: %v: run scripts/deps.sh zabbix", o.Version, err)
 		}
 	}
-	s := &Stack{Version: o.Version, serverBin: lay.server, PIDs: map[string]int{}}
+	s := &Stack{Version: o.Version, serverBin: lay.server, PIDs: map[string]int{}, proxyConf: o.ProxyConfig}
 	t0 := time.Now()
 	last := t0
 	lap := func(name string) {
@@ -358,27 +360,11 @@ func serverConf(s *Stack, run string, only70 bool, extra map[string]string) stri
 		kv = append(kv, [][2]string{{"EnableGlobalScripts", "1"}, {"StartAgentPollers", "1"},
 			{"StartHTTPAgentPollers", "0"}, {"StartSNMPPollers", "0"}, {"StartBrowserPollers", "0"}}...)
 	}
-	seen := map[string]bool{}
 	var b strings.Builder
 	for _, p := range kv {
-		v := p[1]
-		if e, ok := extra[p[0]]; ok {
-			v = e
-		}
-		seen[p[0]] = true
-		fmt.Fprintf(&b, "%s=%s\n", p[0], v)
+		fmt.Fprintf(&b, "%s=%s\n", p[0], p[1])
 	}
-	keys := make([]string, 0, len(extra))
-	for k := range extra {
-		if !seen[k] {
-			keys = append(keys, k)
-		}
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		fmt.Fprintf(&b, "%s=%s\n", k, extra[k])
-	}
-	return b.String()
+	return override(b.String(), extra)
 }
 
 var senderResult = regexp.MustCompile(`processed: (\d+); failed: (\d+)`)
